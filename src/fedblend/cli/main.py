@@ -1,0 +1,64 @@
+"""`fedblend` command line: one module per command group, registered here.
+
+Every FedblendError becomes a one-paragraph message on stderr and exit code 2; nothing else is
+caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import typer
+
+from fedblend.errors import FedblendError
+
+app = typer.Typer(
+    name="fedblend",
+    help="Federated learning that blends the sites' models in the best ratio it can find.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module has `register(app)`; add a line here for a new command module.
+COMMAND_MODULES = [
+    "fedblend.cli.simulate",
+    "fedblend.cli.runs",
+    "fedblend.cli.data",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+@app.callback()
+def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug logs")) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return app(args=argv, standalone_mode=False)
+    except FedblendError as exc:
+        from fedblend.cli.common import err_console
+
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise SystemExit(2) from None
+
+
+def _entry() -> None:
+    import click
+
+    try:
+        main()
+    except click.exceptions.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None

@@ -1,0 +1,90 @@
+"""`fedblend runs` and `fedblend show RUN`: list and inspect past runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fedblend.cli.common import console, fmt
+from fedblend.errors import StoreError
+
+
+def _open(run: Path):  # type: ignore[no-untyped-def]
+    from fedblend.store import SqlRunStore
+
+    if not run.exists():
+        raise StoreError(f"no run at {run}: the directory does not exist (see `fedblend runs` for the runs under ./runs)")
+    return SqlRunStore(run, create=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def runs(root: Path = typer.Option(Path("runs"), "--root", help="directory holding run directories")) -> None:
+        """List past runs, newest first."""
+        from fedblend.store import SqlRunStore, list_runs
+
+        found = list_runs(root)
+        if not found:
+            console.print(f"no runs under {root}")
+            return
+        table = Table(title=f"runs under {root}", title_justify="left")
+        for col in ("run", "status", "rounds", "dataset", "model", "strategy", "test acc"):
+            table.add_column(col, justify="right" if col in ("rounds", "test acc") else "left")
+        for path in found:
+            st = SqlRunStore(path, create=False)
+            meta = st.meta()
+            rows = st.rounds()
+            last = rows[-1]["global_metrics"] if rows else {}
+            table.add_row(path.name, str(meta.get("status", "?")), f"{len(rows)}/{meta.get('rounds', '?')}",
+                          str(meta.get("dataset", "")), str(meta.get("model", "")), str(meta.get("strategy", "")),
+                          fmt(last.get("test_acc")))
+            st.close()
+        console.print(table)
+
+    @app.command()
+    def show(
+        run: Path = typer.Argument(..., help="run directory"),
+        blend: bool = typer.Option(False, "--blend", help="show every blend synthesis: trials, ratios, decision"),
+        sites: bool = typer.Option(True, "--sites/--no-sites", help="per-site table of the last evaluated round"),
+    ) -> None:
+        """Inspect a run: rounds, per-site metrics, rejected updates, blends."""
+        st = _open(run)
+        meta = st.meta()
+        console.print(f"[bold]{meta.get('name', run.name)}[/]  status={meta.get('status', '?')}  "
+                      f"dataset={meta.get('dataset')}  model={meta.get('model')}  strategy={meta.get('strategy')}  seed={meta.get('seed')}")
+        rows = st.rounds()
+        table = Table(title="rounds", title_justify="left")
+        keys = ["train_loss", "test_loss", "test_acc", "test_acc_mean_sites"]
+        for col in ["round", "sites", "rejected", *keys, "seconds"]:
+            table.add_column(col, justify="right")
+        for r in rows:
+            m = r["global_metrics"] or {}
+            table.add_row(str(r["round"]), str(len(r["participants"] or [])), str(len(r["failures"] or [])),
+                          *[fmt(m.get(k)) for k in keys], fmt(r["duration_s"], 2))
+        console.print(table)
+        if sites:
+            evals = [m for m in st.site_metrics() if m["kind"].startswith("eval:")]
+            if evals:
+                last_round = max(m["round"] for m in evals)
+                t2 = Table(title=f"per-site evaluation, round {last_round}", title_justify="left")
+                for col in ("site", "split", "examples", "loss", "accuracy"):
+                    t2.add_column(col, justify="left" if col in ("site", "split") else "right")
+                for m in evals:
+                    if m["round"] == last_round:
+                        t2.add_row(m["site_id"], m["kind"][5:], str(m["num_examples"]), fmt(m["metrics"].get("loss")), fmt(m["metrics"].get("accuracy")))
+                console.print(t2)
+        rejected = [(r["round"], f) for r in rows for f in (r["failures"] or [])]
+        if rejected:
+            t3 = Table(title="failed or rejected updates", title_justify="left")
+            for col in ("round", "site", "kind", "reason"):
+                t3.add_column(col)
+            for rnd, f in rejected:
+                t3.add_row(str(rnd), f["site_id"], f["kind"], f["reason"])
+            console.print(t3)
+        if blend:
+            from fedblend.cli.blend_view import print_blends
+
+            print_blends(st, console)
+        st.close()
