@@ -51,14 +51,15 @@ class _Strict(BaseModel):
 class DataSpec(_Strict):
     dataset: str = Field(description="heart_disease | mnist | fashion_mnist | femnist | shakespeare | csv | parquet")
     dir: str | None = Field(default=None, description="data directory (default: $FEDBLEND_DATA_DIR or ../shared/data)")
-    partition: Literal["natural", "iid", "dirichlet", "shards", "quantity"] = "natural"
+    partition: Literal["natural", "iid", "dirichlet", "shards", "quantity_skew"] | None = Field(
+        default=None, description="default: natural for datasets with their own clients, else iid")
     num_sites: int | None = Field(default=None, ge=1)
-    alpha: float = Field(default=0.5, gt=0)
-    shards_per_site: int = Field(default=2, ge=1)
-    shard_size: int = Field(default=300, ge=1)
+    alpha: float | None = Field(default=None, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew)")
+    shards_per_site: int | None = Field(default=None, ge=1)
+    shard_size: int | None = Field(default=None, ge=1)
     examples_per_site: int | None = Field(default=None, ge=1)
-    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    val_fraction: float | None = Field(default=None, ge=0.0, lt=1.0, description="default: the dataset's own")
+    test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0, description="user data only: share held out for test")
     min_cell: int = Field(default=5, ge=1)
     # user data (dataset = "csv" | "parquet"): one file per site
     files: dict[str, str] | None = None

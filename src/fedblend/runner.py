@@ -32,24 +32,28 @@ log = logging.getLogger(__name__)
 
 
 def build_dataset(job: JobSpec, data_dir: str | Path | None = None) -> FederatedDataset:
+    d = job.data
+    if d.dataset in ("csv", "parquet"):
+        from fedblend.data import load_tabular_sites
+
+        assert d.files is not None and d.label_column is not None  # checked by DataSpec
+        return load_tabular_sites(
+            d.files, label_column=d.label_column, feature_columns=d.feature_columns,
+            test_fraction=d.test_fraction, val_fraction=d.val_fraction or 0.0, seed=job.seed,
+        )
     from fedblend.data import load_dataset
 
-    d = job.data
     return load_dataset(
         d.dataset,
-        data_dir=data_dir if data_dir is not None else d.dir,
+        data_dir if data_dir is not None else d.dir,
         partition=d.partition,
         num_sites=d.num_sites,
+        seed=job.seed,
+        val_fraction=d.val_fraction,
+        examples_per_site=d.examples_per_site,
         alpha=d.alpha,
         shards_per_site=d.shards_per_site,
         shard_size=d.shard_size,
-        examples_per_site=d.examples_per_site,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        files=d.files,
-        label_column=d.label_column,
-        feature_columns=d.feature_columns,
-        seed=job.seed,
         **d.options,
     )
 
@@ -60,14 +64,35 @@ def _loss_for(job: JobSpec, dataset: FederatedDataset) -> str:
     return "bce" if dataset.num_classes == 2 and job.model.name == "logreg" else "ce"
 
 
-def build_task(job: JobSpec, dataset: FederatedDataset) -> Task:
-    from fedblend.task import TorchTask, model_factory
+def model_params(job: JobSpec, dataset: FederatedDataset, binary: bool) -> dict[str, Any]:
+    """The built-in model's constructor arguments: shape facts from the data, the rest from [model]."""
+    import math
 
+    shape = dataset.input_shape
+    name = job.model.name
+    derived: dict[str, Any] = {}
+    if name == "logreg":
+        derived = {"in_features": math.prod(shape), "num_classes": dataset.num_classes, "binary": binary}
+    elif name == "mlp":
+        derived = {"in_features": math.prod(shape), "num_classes": dataset.num_classes}
+    elif name == "cnn":
+        derived = {"num_classes": dataset.num_classes, "in_channels": shape[0] if len(shape) == 3 else 1,
+                   "image_size": shape[-1]}
+    elif name == "char_lstm":
+        derived = {"vocab_size": dataset.num_classes}
+    return {**derived, **job.model.params}
+
+
+def build_task(job: JobSpec, dataset: FederatedDataset) -> Task:
+    from fedblend.task import MODELS, TorchTask
+
+    if job.model.name not in MODELS:
+        raise ConfigError(f"[model].name: unknown model {job.model.name!r}; valid models: {sorted(MODELS)}")
     loss = _loss_for(job, dataset)
-    factory = model_factory(job.model.name, dataset=dataset, binary=(loss == "bce"), **job.model.params)
     t = job.train
     return TorchTask(
-        factory,
+        job.model.name,
+        model_params=model_params(job, dataset, loss == "bce"),
         loss=loss,
         optimizer=t.optimizer,
         lr=t.lr,

@@ -7,8 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+import sys
+
+# Wide enough for the results tables when output goes to a file or a CI log.
+_width = None if sys.stdout.isatty() else 140
+console = Console(highlight=False, width=_width)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
 
 
 def fmt(v: Any, digits: int = 4) -> str:

@@ -153,7 +153,7 @@ def load_heart_disease(
     root = resolve_data_dir(data_dir)
     vf = check_fraction("val_fraction", val_fraction)
     sites: dict[str, SiteData] = {}
-    for k, (sid, rel) in enumerate(HEART_SITES.items()):
+    for sid, rel in HEART_SITES.items():
         path = data_file(root, rel, "heart_disease")
         raw = _read_center(path)
         if len(raw) < 3:
@@ -167,7 +167,7 @@ def load_heart_disease(
             x = (x - mean) / (std + 1e-9)
         x32 = x.astype(np.float32)
         train = ArraySplit(x32[tr], y[tr])
-        train, val = carve_val(train, vf, rng_for(seed, "val", k))
+        train, val = carve_val(train, vf, rng_for(seed, "val", sid))
         sites[sid] = SiteData(sid, train, val, ArraySplit(x32[te], y[te]))
     return FederatedDataset(
         name="heart_disease",

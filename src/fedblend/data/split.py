@@ -14,7 +14,7 @@ import numpy as np
 from fedblend.data.base import ArraySplit
 from fedblend.errors import ConfigError
 
-__all__ = ["rng_for", "check_fraction", "holdout", "carve_val"]
+__all__ = ["rng_for", "check_fraction", "holdout", "carve_val", "writable"]
 
 
 def _key(k: int | str) -> int:
@@ -62,3 +62,13 @@ def carve_val(train: ArraySplit, val_fraction: float, rng: np.random.Generator) 
     if len(held) == 0:
         return train, ArraySplit.empty_like(train)
     return train.subset(keep), train.subset(held)
+
+
+def writable(split: ArraySplit) -> ArraySplit:
+    """``split`` itself, or a copy when its arrays are read-only views of a loader cache.
+
+    Sites get arrays they own: torch warns on (and must not write to) read-only numpy memory.
+    """
+    if split.x.flags.writeable and split.y.flags.writeable:
+        return split
+    return ArraySplit(np.array(split.x, copy=True), np.array(split.y, copy=True))

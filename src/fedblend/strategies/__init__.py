@@ -1,7 +1,7 @@
 """Aggregation strategies (pure, no I/O) and their registry.
 
-    from fedblend.strategies import make_strategy
-    strategy = make_strategy("fedadam", server_lr=0.01)
+from fedblend.strategies import make_strategy
+strategy = make_strategy("fedadam", server_lr=0.01)
 """
 
 from __future__ import annotations

@@ -28,9 +28,8 @@ def check_number(
             f"{owner}: '{name}' must be a finite number in {rng} (got {value!r} that is a {type(value).__name__})"
         )
     v = float(value)
-    bad = (
-        (low is not None and (v < low or (low_open and v == low)))
-        or (high is not None and (v > high or (high_open and v == high)))
+    bad = (low is not None and (v < low or (low_open and v == low))) or (
+        high is not None and (v > high or (high_open and v == high))
     )
     if bad:
         raise ConfigError(f"{owner}: '{name}' must be in {rng} (got {value!r}); pass a value inside that range")

@@ -67,7 +67,9 @@ def _check_same_structure(items: Sequence[Arrays], what: str = "weights") -> Non
         if missing or extra:
             raise FedblendError(f"{what}[{i}] has other tensors than {what}[0]: missing {missing}, unexpected {extra}")
         bad = next(k for k in spec0 if spec0[k] != spec[k])
-        raise FedblendError(f"{what}[{i}]: tensor {bad!r} must have shape {spec0[bad]} like {what}[0] (got {spec[bad]})")
+        raise FedblendError(
+            f"{what}[{i}]: tensor {bad!r} must have shape {spec0[bad]} like {what}[0] (got {spec[bad]})"
+        )
 
 
 def weighted_average(list_of_weights: Sequence[Arrays], num_examples: Sequence[float]) -> Weights:
@@ -83,7 +85,9 @@ def weighted_average(list_of_weights: Sequence[Arrays], num_examples: Sequence[f
     return weighted_sum(list_of_weights, fractions)
 
 
-def pseudo_gradient(current: Arrays, list_of_weights: Sequence[Arrays], num_examples: Sequence[float]) -> dict[str, np.ndarray]:
+def pseudo_gradient(
+    current: Arrays, list_of_weights: Sequence[Arrays], num_examples: Sequence[float]
+) -> dict[str, np.ndarray]:
     """``delta = sum_k p_k (w_k - current)`` in float64, for the float tensors of ``current``.
 
     This is the weighted mean of the sites' model changes (FLamby's ``aggregated_delta_weights``);
@@ -100,7 +104,7 @@ def pseudo_gradient(current: Arrays, list_of_weights: Sequence[Arrays], num_exam
             continue
         c64 = c.astype(np.float64)
         acc = np.zeros(c.shape, dtype=np.float64)
-        for p, w in zip(fractions, list_of_weights):
+        for p, w in zip(fractions, list_of_weights, strict=True):
             acc += p * (np.asarray(w[k], dtype=np.float64) - c64)
         out[k] = acc
     return out

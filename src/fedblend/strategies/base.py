@@ -52,7 +52,11 @@ class Strategy:
     @classmethod
     def param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters, as given."""
@@ -90,4 +94,3 @@ def check_updates(current: Weights, updates: Sequence[SiteUpdate]) -> None:
             f"all {len(updates)} update(s) report 0 training examples "
             f"({', '.join(u.site_id for u in updates)}); sample-weighted aggregation needs data"
         )
-

@@ -88,7 +88,7 @@ class _ServerOptimizer(Strategy):
         if not moments:
             return {}
         out = {n: Weights({k: np.array(v) for k, v in mom.items()}) for n, mom in moments.items()}
-        out["step"] = Weights({"t": np.array(self._t, dtype=np.int64)})
+        out["step"] = Weights({"t": np.array([self._t], dtype=np.int64)})
         return out
 
     def load_state_dict(self, state: Mapping[str, Weights]) -> None:
@@ -104,12 +104,14 @@ class _ServerOptimizer(Strategy):
             )
         specs = [{k: np.shape(v) for k, v in state[n].items()} for n in self._moment_names]
         if any(s != specs[0] for s in specs[1:]):
-            raise FedblendError(f"{type(self).__name__}: state moments {list(self._moment_names)} differ in tensors or shapes")
+            raise FedblendError(
+                f"{type(self).__name__}: state moments {list(self._moment_names)} differ in tensors or shapes"
+            )
         t = state["step"].get("t")
-        if t is None or np.ndim(t) != 0 or np.asarray(t).dtype.kind not in "iu" or int(t) < 1:
-            raise FedblendError(f"{type(self).__name__}: state['step']['t'] must be an integer scalar >= 1 (got {t!r})")
+        if t is None or np.size(t) != 1 or np.asarray(t).dtype.kind not in "iu" or int(np.ravel(t)[0]) < 1:
+            raise FedblendError(f"{type(self).__name__}: state['step']['t'] must be one integer >= 1 (got {t!r})")
         self._moments = {n: {k: np.array(v, dtype=np.float64) for k, v in state[n].items()} for n in self._moment_names}
-        self._t = int(t)
+        self._t = int(np.ravel(t)[0])
 
 
 class FedAvgM(_ServerOptimizer):

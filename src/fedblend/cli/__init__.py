@@ -1,0 +1,1 @@
+"""The `fedblend` command line."""

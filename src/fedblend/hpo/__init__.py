@@ -1,0 +1,1 @@
+"""fedblend.hpo"""
