@@ -31,9 +31,7 @@ from fedblend.data.heart import HEART_FEATURES, HEART_SITES, _read_center, flamb
 from fedblend.errors import ConfigError, DataError
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    return resolve_data_dir(None)
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --- data directory ---------------------------------------------------------------------------
@@ -46,7 +44,9 @@ def test_data_dir_precedence(tmp_path, monkeypatch, data_dir):
     other.mkdir()
     assert resolve_data_dir(other) == other  # explicit beats the environment
     monkeypatch.delenv(DATA_DIR_ENV)
-    assert resolve_data_dir(None) == data_dir  # default: <repo>/../shared/data
+    default = (REPO.parent / "shared" / "data").resolve()
+    if default.is_dir():  # default: <repo>/../shared/data
+        assert resolve_data_dir(None) == default
     assert (data_dir / "README.md").is_file()
 
 
@@ -356,7 +356,9 @@ def test_tabular_single_file_with_site_column(tmp_path):
     df = _frame(60, 5)
     df["hospital"] = np.repeat(["north", "south", "east"], 20)
     df.to_csv(tmp_path / "all.csv", index=False)
-    fd = load_tabular_sites(tmp_path / "all.csv", "target", site_column="hospital", test_fraction=0.25, standardize=True)
+    fd = load_tabular_sites(
+        tmp_path / "all.csv", "target", site_column="hospital", test_fraction=0.25, standardize=True
+    )
     assert fd.site_ids == ["east", "north", "south"] and fd.feature_names == ("a", "b")
     for s in fd.sites.values():
         assert len(s.train) + len(s.val) + len(s.test) == 20
@@ -380,6 +382,47 @@ def test_from_arrays_and_torch_dataset():
     assert tdi.kind == "image" and tdi.input_shape == (1, 5, 5) and len(tdi.sites["i"].test) == 8
     with pytest.raises(DataError, match="differ in length|labels"):
         from_arrays({"bad": (x, y[:3])})
+    one = from_torch_dataset(ds)  # a single Dataset (not a {site: dataset} mapping) -> its ArraySplit
+    assert isinstance(one, ArraySplit) and len(one) == 50 and one.y.dtype == np.int64
+    np.testing.assert_allclose(one.x, x.astype(np.float32))
+
+
+def test_public_names():
+    import fedblend.data as data
+
+    assert sorted(data.__all__) == sorted(
+        [
+            "ArraySplit",
+            "SiteData",
+            "FederatedDataset",
+            "DATA_DIR_ENV",
+            "resolve_data_dir",
+            "DATASETS",
+            "DatasetInfo",
+            "load_dataset",
+            "load_heart_disease",
+            "load_idx_pair",
+            "read_idx",
+            "load_femnist",
+            "load_shakespeare",
+            "SHAKESPEARE_VOCAB",
+            "encode_text",
+            "load_tabular_sites",
+            "from_arrays",
+            "from_torch_dataset",
+            "torch_to_split",
+            "federate",
+            "site_names",
+            "partition",
+            "site_stats",
+            "label_counts",
+            "label_distribution",
+            "js_divergence",
+            "heterogeneity",
+            "summary_table",
+        ]
+    )
+    assert all(hasattr(data, name) for name in data.__all__)
 
 
 def test_array_split_subset_is_a_copy():

@@ -112,14 +112,23 @@ def test_empty_site_is_a_clear_error():
     with pytest.raises(DataError, match=r"site \d+ \(of 40\)"):
         dirichlet(np.repeat(np.arange(2), 30), 40, 0.01, rng(), min_size=0, max_tries=2)
     with pytest.raises(DataError, match="fewer sites"):
-        federate("x", ArraySplit(np.zeros((60, 2), np.float32), np.repeat(np.arange(2), 30)), num_sites=40,
-                 partition_method="dirichlet", alpha=0.01, min_size=0, max_tries=2)
+        federate(
+            "x",
+            ArraySplit(np.zeros((60, 2), np.float32), np.repeat(np.arange(2), 30)),
+            num_sites=40,
+            partition_method="dirichlet",
+            alpha=0.01,
+            min_size=0,
+            max_tries=2,
+        )
 
 
 def test_cap_and_match_labels():
     parts = iid(len(Y), 4, rng())
     capped = cap(parts, 100, rng(3))
-    assert [len(p) for p in capped] == [100] * 4 and all(np.isin(c, p).all() for c, p in zip(capped, parts, strict=True))
+    assert [len(p) for p in capped] == [100] * 4 and all(
+        np.isin(c, p).all() for c, p in zip(capped, parts, strict=True)
+    )
     assert cap(parts, None, rng()) == parts
     with pytest.raises(ConfigError):
         cap(parts, 0, rng())

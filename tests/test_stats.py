@@ -43,8 +43,11 @@ def test_feature_stats_tabular_only():
     assert st.features["age"]["mean"] == pytest.approx(3.5)
     assert st.features["age"]["std"] == pytest.approx(np.std(np.arange(1, 7), ddof=1))
     assert st.features["age"]["missing"] == 0.0
-    assert st.features["chol"] == {"mean": 7.0, "std": pytest.approx(np.std([4, 6, 8, 10], ddof=1)),
-                                   "missing": pytest.approx(2 / 6)}
+    assert st.features["chol"] == {
+        "mean": 7.0,
+        "std": pytest.approx(np.std([4, 6, 8, 10], ddof=1)),
+        "missing": pytest.approx(2 / 6),
+    }
     few = site_stats(make_site([0, 1, 0, 1, 0, 1], x), 2, min_cell=5)
     assert few.features["x1"]["mean"] is None and few.features["x0"]["mean"] == pytest.approx(3.5)
     images = make_site([0, 1, 0], np.zeros((3, 1, 4, 4), np.float32))

@@ -41,24 +41,17 @@ def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """Run the CLI; usage errors exit 2 (click), FedblendErrors exit 2 with a one-paragraph message."""
     try:
-        return app(args=argv, standalone_mode=False)
+        return app(args=argv, standalone_mode=True)
     except FedblendError as exc:
         from fedblend.cli.common import err_console
 
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
 
 
 def _entry() -> None:
-    import click
-
-    try:
-        main()
-    except click.exceptions.Exit as e:
-        raise SystemExit(e.exit_code) from None
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(e.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
+    main()

@@ -14,8 +14,15 @@ from fedblend.data.heart import load_heart_disease
 from fedblend.data.idx import load_idx_pair, read_idx
 from fedblend.data.leaf import SHAKESPEARE_VOCAB, encode_text, load_femnist, load_shakespeare
 from fedblend.data.registry import DATASETS, DatasetInfo, load_dataset
-from fedblend.data.stats import heterogeneity, js_divergence, label_counts, label_distribution, site_stats, summary_table
-from fedblend.data.user import from_arrays, from_torch_dataset, load_tabular_sites
+from fedblend.data.stats import (
+    heterogeneity,
+    js_divergence,
+    label_counts,
+    label_distribution,
+    site_stats,
+    summary_table,
+)
+from fedblend.data.user import from_arrays, from_torch_dataset, load_tabular_sites, torch_to_split
 
 __all__ = [
     "ArraySplit",
@@ -36,6 +43,7 @@ __all__ = [
     "load_tabular_sites",
     "from_arrays",
     "from_torch_dataset",
+    "torch_to_split",
     "federate",
     "site_names",
     "partition",

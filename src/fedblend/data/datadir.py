@@ -50,13 +50,14 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         path = _repo_default()
         if not path.is_dir():
             raise DataError(
-                "no data directory is configured and the default "
-                f"{str(path)!r} does not exist; {_HOW_TO_SET}"
+                f"no data directory is configured and the default {str(path)!r} does not exist; {_HOW_TO_SET}"
             )
         log.debug("using default data directory %s", path)
         return path
     if not path.is_dir():
-        raise DataError(f"data directory {str(path)!r} (from {source}) does not exist or is not a directory; {_HOW_TO_SET}")
+        raise DataError(
+            f"data directory {str(path)!r} (from {source}) does not exist or is not a directory; {_HOW_TO_SET}"
+        )
     return path
 
 

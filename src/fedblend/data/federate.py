@@ -93,11 +93,16 @@ def federate(
             train_parts[i] = whole.subset(keep)
             test_parts.append(whole.subset(held))
     sites: dict[str, SiteData] = {}
-    for sid, tp, te in zip(ids, train_parts, test_parts):
+    for sid, tp, te in zip(ids, train_parts, test_parts, strict=True):
         tr, va = carve_val(tp, vf, rng_for(seed, "val", sid))
         sites[sid] = SiteData(sid, tr, va, te)
     input_shape = tuple(int(d) for d in train.x.shape[1:])
     return FederatedDataset(
-        name=name, sites=sites, num_classes=k, input_shape=input_shape,
-        kind=kind or infer_kind(train.x), feature_names=tuple(feature_names), class_names=tuple(class_names),
+        name=name,
+        sites=sites,
+        num_classes=k,
+        input_shape=input_shape,
+        kind=kind or infer_kind(train.x),
+        feature_names=tuple(feature_names),
+        class_names=tuple(class_names),
     )

@@ -44,13 +44,25 @@ HEART_SITES: dict[str, str] = {
     "switzerland": "heart_disease/processed.switzerland.data",
     "va": "heart_disease/processed.va.data",
 }
-_RAW_COLUMNS = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach",
-                "exang", "oldpeak", "slope", "ca", "thal", "num")
+_RAW_COLUMNS = (
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+    "num",
+)
 _NUMERIC = ("age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak")
 _DUMMIES = (("cp", (2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0)), ("restecg", (1.0, 2.0), (0.0, 1.0, 2.0)))
-HEART_FEATURES: tuple[str, ...] = _NUMERIC + tuple(
-    f"{col}_{int(v)}" for col, kept, _ in _DUMMIES for v in kept
-)
+HEART_FEATURES: tuple[str, ...] = _NUMERIC + tuple(f"{col}_{int(v)}" for col, kept, _ in _DUMMIES for v in kept)
 _TRAIN_FRACTION = 0.66
 _FLAMBY_SEED = 43
 

@@ -35,9 +35,7 @@ from fedblend.errors import ConfigError, DataError
 __all__ = ["SHAKESPEARE_VOCAB", "FEMNIST_CLASSES", "encode_text", "load_femnist", "load_shakespeare"]
 
 SHAKESPEARE_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
-FEMNIST_CLASSES: tuple[str, ...] = tuple(
-    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
+FEMNIST_CLASSES: tuple[str, ...] = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _FEMNIST_DIR = "femnist_leaf_sample"
 _SHAKESPEARE_DIR = "shakespeare_leaf_sample"
 _SEQ_LEN = 80
@@ -104,7 +102,9 @@ def _femnist_writers(root: str) -> dict[str, tuple[ArraySplit, ArraySplit]]:
                 x = np.asarray(ud["x"], dtype=np.float32)
                 y = np.asarray(ud["y"], dtype=np.int64)
                 if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y):
-                    raise DataError(f"{f}: writer {w!r} has x of shape {x.shape} and {len(y)} labels; expected (n, 784) and n")
+                    raise DataError(
+                        f"{f}: writer {w!r} has x of shape {x.shape} and {len(y)} labels; expected (n, 784) and n"
+                    )
                 if w in parts[split]:
                     raise DataError(f"{f}: writer {w!r} appears in two {split} shards")
                 parts[split][w] = (x.reshape(-1, 1, 28, 28), y)
@@ -147,7 +147,11 @@ def load_femnist(
         train, val = carve_val(train, vf, rng_for(seed, "val", w))
         sites[w] = SiteData(w, writable(train), writable(val), writable(test))
     return FederatedDataset(
-        name="femnist", sites=sites, num_classes=62, input_shape=(1, 28, 28), kind="image",
+        name="femnist",
+        sites=sites,
+        num_classes=62,
+        input_shape=(1, 28, 28),
+        kind="image",
         class_names=FEMNIST_CLASSES,
     )
 
@@ -189,6 +193,10 @@ def load_shakespeare(
         train, val = carve_val(train, vf, rng_for(seed, "val", role))
         sites[role] = SiteData(role, writable(train), writable(val), writable(test))
     return FederatedDataset(
-        name="shakespeare", sites=sites, num_classes=len(SHAKESPEARE_VOCAB), input_shape=(_SEQ_LEN,),
-        kind="text", class_names=tuple(SHAKESPEARE_VOCAB),
+        name="shakespeare",
+        sites=sites,
+        num_classes=len(SHAKESPEARE_VOCAB),
+        input_shape=(_SEQ_LEN,),
+        kind="text",
+        class_names=tuple(SHAKESPEARE_VOCAB),
     )

@@ -48,7 +48,9 @@ def _check_sites(num_sites: int, n: int) -> int:
     if isinstance(num_sites, bool) or not isinstance(num_sites, (int, np.integer)) or num_sites < 1:
         raise ConfigError(f"'num_sites' must be a positive int (got {num_sites!r})")
     if num_sites > n:
-        raise DataError(f"cannot give {num_sites} sites at least one example each from {n} examples; use num_sites <= {n}")
+        raise DataError(
+            f"cannot give {num_sites} sites at least one example each from {n} examples; use num_sites <= {n}"
+        )
     return int(num_sites)
 
 
@@ -103,11 +105,11 @@ def dirichlet(
         raise ConfigError(f"'alpha' must be > 0 (got {alpha!r}); 0.1 is strongly skewed, 100 is near iid")
     if min_size < 0 or min_size * num_sites > n:
         raise ConfigError(
-            f"'min_size' must be in [0, n/num_sites = {n // num_sites}] (got {min_size!r}) for {n} examples and {num_sites} sites"
+            f"'min_size' must be in [0, n/num_sites = {n // num_sites}] (got {min_size!r}) "
+            f"for {n} examples and {num_sites} sites"
         )
     by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
-    fix = (f"use a larger alpha (got {alpha}), fewer sites (got {num_sites}) or a smaller min_size "
-           f"(got {min_size})")
+    fix = f"use a larger alpha (got {alpha}), fewer sites (got {num_sites}) or a smaller min_size (got {min_size})"
     best: list[np.ndarray] = []
     for _ in range(max(1, max_tries)):
         batch: list[list[np.ndarray]] = [[] for _ in range(num_sites)]
@@ -150,7 +152,10 @@ def shards(
     order = np.argsort(y, kind="stable")
     if shard_size is None:
         if total > n:
-            raise DataError(f"{total} shards ({num_sites} sites x {shards_per_site}) need at least {total} examples, got {n}; use fewer sites or shards_per_site")
+            raise DataError(
+                f"{total} shards ({num_sites} sites x {shards_per_site}) need at least {total} examples, "
+                f"got {n}; use fewer sites or fewer shards_per_site"
+            )
         pieces = np.array_split(order, total)
     else:
         if shard_size < 1 or total * shard_size > n:
@@ -179,7 +184,9 @@ def quantity_skew(
     proportional to ``rank ** -power`` with ranks shuffled among sites. Each gets ``min_size``."""
     num_sites = _check_sites(num_sites, n)
     if min_size < 1 or min_size * num_sites > n:
-        raise ConfigError(f"'min_size' must be in [1, {n // num_sites}] for {n} examples and {num_sites} sites (got {min_size!r})")
+        raise ConfigError(
+            f"'min_size' must be in [1, {n // num_sites}] for {n} examples and {num_sites} sites (got {min_size!r})"
+        )
     if power is not None:
         if not power >= 0:
             raise ConfigError(f"'power' must be >= 0 (got {power!r}); 0 gives equal sizes")
@@ -212,7 +219,9 @@ def match_labels(y: Any, label_counts: np.ndarray, rng: np.random.Generator) -> 
     y = _labels(y)
     counts = np.asarray(label_counts, dtype=np.float64)
     if counts.ndim != 2 or (len(y) and y.max() >= counts.shape[1]) or (len(y) and y.min() < 0):
-        raise ConfigError(f"label_counts must be (num_sites, num_classes) covering every label (got shape {counts.shape})")
+        raise ConfigError(
+            f"label_counts must be (num_sites, num_classes) covering every label (got shape {counts.shape})"
+        )
     parts: list[list[np.ndarray]] = [[] for _ in range(counts.shape[0])]
     for c in range(counts.shape[1]):
         idx = rng.permutation(np.flatnonzero(y == c))
@@ -227,26 +236,37 @@ def cap(parts: Sequence[np.ndarray], examples_per_site: int | None, rng: np.rand
     """Keep at most ``examples_per_site`` indices per part, a seeded random subset (None: all)."""
     if examples_per_site is None:
         return list(parts)
-    if isinstance(examples_per_site, bool) or not isinstance(examples_per_site, (int, np.integer)) or examples_per_site < 1:
+    if (
+        isinstance(examples_per_site, bool)
+        or not isinstance(examples_per_site, (int, np.integer))
+        or examples_per_site < 1
+    ):
         raise ConfigError(f"'examples_per_site' must be a positive int or None (got {examples_per_site!r})")
     out = []
     for p in parts:
         p = np.asarray(p, dtype=np.int64)
-        out.append(np.sort(rng.choice(p, size=int(examples_per_site), replace=False)) if len(p) > examples_per_site else p)
+        out.append(
+            np.sort(rng.choice(p, size=int(examples_per_site), replace=False)) if len(p) > examples_per_site else p
+        )
     return out
 
 
 def partition(method: str, y: Any, num_sites: int, rng: np.random.Generator, **params: Any) -> list[np.ndarray]:
     """Dispatch on ``method`` (one of ``PARTITIONERS``) with that partitioner's keyword ``params``."""
     y = _labels(y)
-    accepted = {"iid": set(), "dirichlet": {"alpha", "min_size", "max_tries"},
-                "shards": {"shards_per_site", "shard_size"},
-                "quantity_skew": {"alpha", "power", "min_size"}}
+    accepted = {
+        "iid": set(),
+        "dirichlet": {"alpha", "min_size", "max_tries"},
+        "shards": {"shards_per_site", "shard_size"},
+        "quantity_skew": {"alpha", "power", "min_size"},
+    }
     if method not in accepted:
         raise ConfigError(f"unknown partition {method!r}; expected one of {list(PARTITIONERS)}")
     extra = sorted(set(params) - accepted[method])
     if extra:
-        raise ConfigError(f"partition {method!r} does not take {extra}; it takes {sorted(accepted[method]) or 'no options'}")
+        raise ConfigError(
+            f"partition {method!r} does not take {extra}; it takes {sorted(accepted[method]) or 'no options'}"
+        )
     if method == "iid":
         parts = iid(len(y), num_sites, rng)
     elif method == "dirichlet":

@@ -48,20 +48,33 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "heart_disease": DatasetInfo(
-        "heart_disease", "UCI heart disease, 4 hospitals, FLamby preprocessing (13 features, binary)",
-        natural=True, default_val_fraction=0.0, options=("normalize",), load=load_heart_disease,
+        "heart_disease",
+        "UCI heart disease, 4 hospitals, FLamby preprocessing (13 features, binary)",
+        natural=True,
+        default_val_fraction=0.0,
+        options=("normalize",),
+        load=load_heart_disease,
     ),
-    "mnist": DatasetInfo("mnist", "MNIST digits, 60k train / 10k test, 1x28x28", natural=False, default_val_fraction=0.1),
+    "mnist": DatasetInfo(
+        "mnist", "MNIST digits, 60k train / 10k test, 1x28x28", natural=False, default_val_fraction=0.1
+    ),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", "Fashion-MNIST, 60k train / 10k test, 1x28x28", natural=False, default_val_fraction=0.1
     ),
     "femnist": DatasetInfo(
-        "femnist", "LEAF FEMNIST sample, 105 writers, 62 classes, 1x28x28",
-        natural=True, default_val_fraction=0.1, options=("num_writers", "invert"), load=load_femnist,
+        "femnist",
+        "LEAF FEMNIST sample, 105 writers, 62 classes, 1x28x28",
+        natural=True,
+        default_val_fraction=0.1,
+        options=("num_writers", "invert"),
+        load=load_femnist,
     ),
     "shakespeare": DatasetInfo(
-        "shakespeare", "LEAF Shakespeare sample, 10 roles, next character over 80 symbols",
-        natural=True, default_val_fraction=0.1, load=load_shakespeare,
+        "shakespeare",
+        "LEAF Shakespeare sample, 10 roles, next character over 80 symbols",
+        natural=True,
+        default_val_fraction=0.1,
+        load=load_shakespeare,
     ),
 }
 
@@ -105,9 +118,7 @@ def load_dataset(
         raise ConfigError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     bad = sorted(set(options) - set(info.options))
     if bad:
-        raise ConfigError(
-            f"dataset {name!r} does not take option(s) {bad}; it takes {list(info.options) or 'none'}"
-        )
+        raise ConfigError(f"dataset {name!r} does not take option(s) {bad}; it takes {list(info.options) or 'none'}")
     method = partition or ("natural" if info.natural else "iid")
     if method != "natural" and method not in PARTITIONERS:
         raise ConfigError(f"unknown partition {method!r}; expected 'natural' or one of {list(PARTITIONERS)}")
@@ -116,7 +127,7 @@ def load_dataset(
             f"dataset {name!r} has no natural clients; use partition='iid', 'dirichlet', 'shards' or 'quantity_skew'"
         )
     given = dict(alpha=alpha, min_size=min_size, shards_per_site=shards_per_site, shard_size=shard_size, power=power)
-    params = {k: v for k, v in given.items() if v is not None}
+    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     vf = info.default_val_fraction if val_fraction is None else val_fraction
 
     if method == "natural":
@@ -133,21 +144,33 @@ def load_dataset(
         pooled = info.load(data_dir, val_fraction=0.0, seed=seed, **options)
         train, test = _pool(pooled)
         meta: dict[str, Any] = dict(
-            num_classes=pooled.num_classes, kind=pooled.kind,
-            feature_names=pooled.feature_names, class_names=pooled.class_names,
+            num_classes=pooled.num_classes,
+            kind=pooled.kind,
+            feature_names=pooled.feature_names,
+            class_names=pooled.class_names,
         )
     else:
         train, test = load_idx_pair(name, data_dir)
         classes = FASHION_CLASSES if name == "fashion_mnist" else tuple(str(d) for d in range(10))
         meta = dict(num_classes=10, kind="image", class_names=classes)
     return federate(
-        name, train, test, num_sites=10 if num_sites is None else num_sites, partition_method=method,
-        seed=seed, val_fraction=vf, examples_per_site=examples_per_site, test_partition=test_partition,
-        **meta, **params,
+        name,
+        train,
+        test,
+        num_sites=10 if num_sites is None else num_sites,
+        partition_method=method,
+        seed=seed,
+        val_fraction=vf,
+        examples_per_site=examples_per_site,
+        test_partition=test_partition,
+        **meta,
+        **params,
     )
 
 
-def _restrict(fd: FederatedDataset, num_sites: int | None, examples_per_site: int | None, seed: int) -> FederatedDataset:
+def _restrict(
+    fd: FederatedDataset, num_sites: int | None, examples_per_site: int | None, seed: int
+) -> FederatedDataset:
     ids = fd.site_ids
     if num_sites is not None:
         if isinstance(num_sites, bool) or not isinstance(num_sites, int) or not 1 <= num_sites <= len(ids):
@@ -163,6 +186,11 @@ def _restrict(fd: FederatedDataset, num_sites: int | None, examples_per_site: in
             (keep,) = cap([np.arange(len(s.train))], examples_per_site, rng_for(seed, "cap", sid))
             sites[sid] = SiteData(sid, s.train.subset(keep), s.val, s.test)
     return FederatedDataset(
-        name=fd.name, sites=sites, num_classes=fd.num_classes, input_shape=fd.input_shape, kind=fd.kind,
-        feature_names=fd.feature_names, class_names=fd.class_names,
+        name=fd.name,
+        sites=sites,
+        num_classes=fd.num_classes,
+        input_shape=fd.input_shape,
+        kind=fd.kind,
+        feature_names=fd.feature_names,
+        class_names=fd.class_names,
     )

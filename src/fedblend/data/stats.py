@@ -138,8 +138,12 @@ def summary_table(stats: Sequence[SiteStats], het: Mapping[str, float] | None = 
         known = [v for v in s.label_counts.values() if v]
         present = sum(1 for v in s.label_counts.values() if v is None or v > 0)
         row: dict[str, Any] = {
-            "site": s.site_id, "train": s.num_train, "val": s.num_val, "test": s.num_test,
-            "classes": present, "top_share": round(max(known) / s.num_train, 3) if known and s.num_train else None,
+            "site": s.site_id,
+            "train": s.num_train,
+            "val": s.num_val,
+            "test": s.num_test,
+            "classes": present,
+            "top_share": round(max(known) / s.num_train, 3) if known and s.num_train else None,
         }
         if het is not None:
             js = het.get(s.site_id)

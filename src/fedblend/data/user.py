@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from fedblend.data.partition import natural
 from fedblend.data.split import carve_val, check_fraction, holdout, rng_for
 from fedblend.errors import ConfigError, DataError
 
-__all__ = ["load_tabular_sites", "from_arrays", "from_torch_dataset"]
+__all__ = ["load_tabular_sites", "from_arrays", "from_torch_dataset", "torch_to_split"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def _read_table(path: Path, site: str) -> Any:
     raise DataError(f"site {site!r}: {str(path)!r} must be a .csv, .csv.gz, .tsv or .parquet file")
 
 
-def _class_ids(label_values: Sequence[np.ndarray], classes: Sequence[Any] | None) -> tuple[list[np.ndarray], tuple[str, ...], int]:
+def _class_ids(
+    label_values: Sequence[np.ndarray], classes: Sequence[Any] | None
+) -> tuple[list[np.ndarray], tuple[str, ...], int]:
     """Map raw labels of every site to int64 ids; returns (ids per site, class names, num classes)."""
     if classes is not None:
         lookup = {c: i for i, c in enumerate(classes)}
@@ -76,7 +78,11 @@ def _class_ids(label_values: Sequence[np.ndarray], classes: Sequence[Any] | None
             return [np.asarray(v).astype(np.int64) for v in label_values], tuple(str(i) for i in range(k)), k
     names = sorted({str(a) for a in allv.tolist()})
     lookup_s = {c: i for i, c in enumerate(names)}
-    return [np.array([lookup_s[str(a)] for a in v.tolist()], dtype=np.int64) for v in label_values], tuple(names), len(names)
+    return (
+        [np.array([lookup_s[str(a)] for a in v.tolist()], dtype=np.int64) for v in label_values],
+        tuple(names),
+        len(names),
+    )
 
 
 def _split_site(sid: str, x: np.ndarray, y: np.ndarray, tf: float, vf: float, seed: int) -> SiteData:
@@ -132,12 +138,14 @@ def load_tabular_sites(
             tables[str(sid)] = _read_table(Path(p), str(sid))
     else:
         if site_column is None:
-            raise ConfigError("a single file needs 'site_column' naming the column that holds the site id; or pass {site_id: path}")
+            raise ConfigError(
+                "a single file needs 'site_column' naming the column that holds the site id; or pass {site_id: path}"
+            )
         df = _read_table(Path(paths), "<all>")
         if site_column not in df.columns:
             raise DataError(f"{str(paths)!r} has no column {site_column!r}; columns are {list(df.columns)}")
         groups = df[site_column].astype(str).to_numpy()
-        for sid, idx in zip(np.unique(groups), natural(groups)):
+        for sid, idx in zip(np.unique(groups), natural(groups), strict=True):
             tables[str(sid)] = df.iloc[idx].drop(columns=[site_column])
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
@@ -151,30 +159,43 @@ def load_tabular_sites(
             feats = use
         absent = [c for c in use if c not in cols]
         if absent or (feature_columns is None and use != [c for c in cols if c != label_column]):
-            raise DataError(f"site {sid!r}: feature columns {absent or use} do not match this site's columns {cols}; "
-                            "pass feature_columns=[...] naming the shared columns")
-        non_numeric = [c for c in use if not (df[c].dtype.kind in "biuf")]
+            raise DataError(
+                f"site {sid!r}: feature columns {absent or use} do not match this site's columns {cols}; "
+                "pass feature_columns=[...] naming the shared columns"
+            )
+        non_numeric = [c for c in use if df[c].dtype.kind not in "biuf"]
         if non_numeric:
-            raise DataError(f"site {sid!r}: feature columns {non_numeric} are not numeric; encode them "
-                            "(e.g. one-hot) or leave them out with feature_columns=[...]")
+            raise DataError(
+                f"site {sid!r}: feature columns {non_numeric} are not numeric; encode them "
+                "(e.g. one-hot) or leave them out with feature_columns=[...]"
+            )
         x = df[use].to_numpy(dtype=np.float64)
         y = df[label_column].to_numpy()
         bad = np.isnan(x).any(axis=1) | df[label_column].isna().to_numpy()
         if bad.any():
             where = [c for c in use if df[c].isna().any()]
             if missing == "error" or df[label_column].isna().any():
-                raise DataError(f"site {sid!r}: {int(bad.sum())} rows have missing values (columns {where or [label_column]}); "
-                                "pass missing='drop' to drop them, missing='keep' to keep NaN features, or impute them")
+                raise DataError(
+                    f"site {sid!r}: {int(bad.sum())} rows have missing values (columns {where or [label_column]}); "
+                    "pass missing='drop' to drop them, missing='keep' to keep NaN features, or impute them"
+                )
             if missing == "drop":
                 x, y = x[~bad], y[~bad]
         xs[sid], ys[sid] = x.astype(np.float32), y
     ids, class_names, k = _class_ids([ys[s] for s in tables], classes)
     sites = {}
-    for sid, yid in zip(tables, ids):
+    for sid, yid in zip(tables, ids, strict=True):
         site = _split_site(sid, xs[sid], yid, tf, vf, seed)
         sites[sid] = _standardize(site) if standardize else site
-    return FederatedDataset(name=name, sites=sites, num_classes=k, input_shape=(len(feats or []),), kind="tabular",
-                            feature_names=tuple(feats or []), class_names=class_names)
+    return FederatedDataset(
+        name=name,
+        sites=sites,
+        num_classes=k,
+        input_shape=(len(feats or []),),
+        kind="tabular",
+        feature_names=tuple(feats or []),
+        class_names=class_names,
+    )
 
 
 def _as_xy(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +240,7 @@ def from_arrays(
             raw[str(sid)] = {"all": _as_xy(*v, where=f"site {sid!r}")}
     order = [(sid, k) for sid, parts in raw.items() for k in parts]
     ids, class_names, k_found = _class_ids([raw[s][k][1] for s, k in order], classes)
-    mapped = {(s, k): (raw[s][k][0], y) for (s, k), y in zip(order, ids)}
+    mapped = {(s, k): (raw[s][k][0], y) for (s, k), y in zip(order, ids, strict=True)}
     out: dict[str, SiteData] = {}
     for sid, parts in raw.items():
         if "all" in parts:
@@ -234,9 +255,15 @@ def from_arrays(
             out[sid] = SiteData(sid, tr, va, te)
     first = next(iter(out.values())).train.x
     k = int(num_classes) if num_classes is not None else k_found
-    return FederatedDataset(name=name, sites=out, num_classes=k, input_shape=tuple(int(d) for d in first.shape[1:]),
-                            kind=kind or infer_kind(first), feature_names=tuple(feature_names),
-                            class_names=class_names if classes is not None or len(class_names) == k else ())
+    return FederatedDataset(
+        name=name,
+        sites=out,
+        num_classes=k,
+        input_shape=tuple(int(d) for d in first.shape[1:]),
+        kind=kind or infer_kind(first),
+        feature_names=tuple(feature_names),
+        class_names=class_names if classes is not None or len(class_names) == k else (),
+    )
 
 
 def _dataset_arrays(ds: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -258,8 +285,35 @@ def _dataset_arrays(ds: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
+def torch_to_split(dataset: Any) -> ArraySplit:
+    """One ``torch.utils.data.Dataset`` of ``(x, y)`` items (y an int class id) as an ``ArraySplit``."""
+    return ArraySplit(*_dataset_arrays(dataset, type(dataset).__name__))
+
+
+@overload
 def from_torch_dataset(
     sites: Mapping[str, Any],
+    *,
+    name: str = ...,
+    num_classes: int | None = ...,
+    test_fraction: float = ...,
+    val_fraction: float = ...,
+    seed: int = ...,
+    kind: str | None = ...,
+) -> FederatedDataset: ...
+@overload
+def from_torch_dataset(
+    sites: Any,
+    *,
+    name: str = ...,
+    num_classes: int | None = ...,
+    test_fraction: float = ...,
+    val_fraction: float = ...,
+    seed: int = ...,
+    kind: str | None = ...,
+) -> ArraySplit: ...
+def from_torch_dataset(
+    sites: Mapping[str, Any] | Any,
     *,
     name: str = "torch",
     num_classes: int | None = None,
@@ -267,17 +321,32 @@ def from_torch_dataset(
     val_fraction: float = 0.0,
     seed: int = 0,
     kind: str | None = None,
-) -> FederatedDataset:
+) -> FederatedDataset | ArraySplit:
     """A federation from a ``torch.utils.data.Dataset`` per site (items ``(x, y)``, y an int
-    class id), or a ``(train_dataset, test_dataset)`` pair per site. Materializes to numpy."""
+    class id), or a ``(train_dataset, test_dataset)`` pair per site. Materializes to numpy.
+
+    Given a single Dataset instead of a ``{site: dataset}`` mapping, returns its ``ArraySplit``
+    (same as ``torch_to_split``); the other arguments are then ignored.
+    """
+    if not isinstance(sites, Mapping):
+        return torch_to_split(sites)
     arrays: dict[str, Any] = {}
     for sid, v in sites.items():
         if isinstance(v, tuple):
             if len(v) != 2:
                 raise ConfigError(f"site {sid!r}: expected a Dataset or a (train, test) pair of Datasets")
-            arrays[sid] = {"train": _dataset_arrays(v[0], f"site {sid!r} train"),
-                           "test": _dataset_arrays(v[1], f"site {sid!r} test")}
+            arrays[sid] = {
+                "train": _dataset_arrays(v[0], f"site {sid!r} train"),
+                "test": _dataset_arrays(v[1], f"site {sid!r} test"),
+            }
         else:
             arrays[sid] = _dataset_arrays(v, f"site {sid!r}")
-    return from_arrays(arrays, name=name, num_classes=num_classes, test_fraction=test_fraction,
-                       val_fraction=val_fraction, seed=seed, kind=kind)
+    return from_arrays(
+        arrays,
+        name=name,
+        num_classes=num_classes,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        kind=kind,
+    )
