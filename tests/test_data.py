@@ -30,7 +30,6 @@ from fedblend.data import (
 from fedblend.data.heart import HEART_FEATURES, HEART_SITES, _read_center, flamby_split
 from fedblend.errors import ConfigError, DataError
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 

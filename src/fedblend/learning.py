@@ -123,6 +123,7 @@ class LearningProcess:
             rounds=state.round + 1,
             seed=self.seed,
             eval_every=0,
+            eval_splits=(),
         )
         fed.round = state.round
         result = fed.step()

@@ -103,7 +103,7 @@ class Federation:
     seed: int = 0
     sampling: Sampling = field(default_factory=Sampling)
     train_config: dict[str, Any] = field(default_factory=dict)
-    eval_every: int = 1
+    eval_every: int = 1  # also at the last round; 0: only at the last round
     eval_splits: tuple[str, ...] = ("test",)
     store: RunStore | None = None
     synthesizer: Synthesizer | None = None
@@ -174,7 +174,7 @@ class Federation:
             merged, blend_record = self.synthesizer.synthesize(self.pool, self.weights, merged, accepted, rnd)
         reports: list[EvalReport] = []
         global_metrics: dict[str, float] = {}
-        if self.eval_every and (rnd % self.eval_every == 0 or rnd == self.rounds):
+        if self.eval_splits and (rnd == self.rounds or (self.eval_every and rnd % self.eval_every == 0)):
             self._event("stage", round=rnd, stage="evaluating")
             for split in self.eval_splits:
                 got = self.pool.evaluate(merged, self.pool.site_ids(), split)
