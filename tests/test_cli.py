@@ -134,3 +134,31 @@ def test_console_script_runs(tmp_path):
     assert res.returncode == 0 and "simulate" in res.stdout
     res = subprocess.run([*cmd, "simulate"], capture_output=True, text=True)
     assert res.returncode == 2 and "JOB.toml" in (res.stdout + res.stderr)
+
+
+def test_user_csv_sites_job(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for site in ("north", "south"):
+        x = rng.normal(size=(120, 3))
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+        path = tmp_path / f"{site}.csv"
+        lines = ["a,b,c,label"] + [f"{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}" for r, t in zip(x, y)]
+        path.write_text("\n".join(lines) + "\n")
+        files[site] = str(path)
+    text = GOOD.replace('[data]\ndataset = "heart_disease"',
+                        '[data]\ndataset = "csv"\nlabel_column = "label"\nfiles = { north = "%s", south = "%s" }' % (files["north"], files["south"]))
+    text = text.replace("local_steps = 5", "local_steps = 30").replace("lr = 0.01", "lr = 0.5")
+    code, out, err = run_cli(["simulate", str(write(tmp_path, text)), "-q"], capsys)
+    assert code == 0, err
+    assert "north" in out and "south" in out
+    from fedblend.store import SqlRunStore
+
+    st = SqlRunStore(tmp_path / "runs" / "cli-test", create=False)
+    assert st.rounds()[-1]["global_metrics"]["test_acc"] > 0.8  # a linear rule is learnable
+    st.close()
+    bad = text.replace('label_column = "label"', 'label_column = "target"')
+    code, _, err = run_cli(["simulate", str(write(tmp_path, bad, "bad.toml")), "-q", "--overwrite"], capsys)
+    assert code == 2 and "target" in err
