@@ -28,6 +28,11 @@ COMMAND_MODULES = [
     "fedblend.cli.simulate",
     "fedblend.cli.runs",
     "fedblend.cli.data",
+    "fedblend.cli.dashboard",
+    "fedblend.cli.tune",
+    "fedblend.cli.ca",
+    "fedblend.cli.server",
+    "fedblend.cli.site",
 ]
 
 for _name in COMMAND_MODULES:

@@ -37,7 +37,14 @@ class SequentialPool:
     def evaluate(
         self, weights: Weights, site_ids: Sequence[str], split: str, reference: Weights | None = None
     ) -> list[EvalReport | SiteFailure]:
-        return [self.runners[sid].evaluate(weights, split, reference) for sid in site_ids]
+        out: list[EvalReport | SiteFailure] = []
+        for sid in site_ids:
+            try:
+                out.append(self.runners[sid].evaluate(weights, split, reference))
+            except Exception as exc:  # a site that cannot score must not kill the round either
+                log.warning("site %s could not evaluate: %s: %s", sid, type(exc).__name__, exc)
+                out.append(SiteFailure(sid, 0, f"{type(exc).__name__}: {exc}"))
+        return out
 
     def stats(self) -> dict[str, SiteStats]:
         return {sid: r.stats() for sid, r in self.runners.items()}

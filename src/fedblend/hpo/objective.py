@@ -1,0 +1,172 @@
+"""A trial is a federation: the base job with the trial's values, trained and scored on validation.
+
+Each round the trial's validation metric goes to Optuna (``trial.report``) and a bad trial stops
+early when the pruner says so. The value returned is the final model's validation metric (and,
+for several objectives, the bytes communicated: 2 x model bytes x participants, over the rounds).
+Test data is never evaluated during a search.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedblend.errors import ConfigError, FedblendError
+from fedblend.hpo.space import suggest_params
+from fedblend.hpo.spec import TuneSpec
+from fedblend.jobs import JobSpec, parse_job
+from fedblend.records import RoundResult
+
+__all__ = ["trial_job", "best_job", "FederatedObjective"]
+
+log = logging.getLogger(__name__)
+
+
+def _apply(raw: dict[str, Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+
+
+def _fit_strategy(raw: dict[str, Any], base: JobSpec, values: Mapping[str, Any]) -> None:
+    """When the trial picks another strategy, drop the base job's parameters it does not take."""
+    if "strategy.name" not in values:
+        return
+    from fedblend.strategies import STRATEGIES
+
+    cls = STRATEGIES.get(str(values["strategy.name"]).lower())
+    if cls is None:
+        return
+    valid = set(cls.param_names())
+    searched = {k.split(".", 1)[1] for k in values if k.startswith("strategy.")}
+    for k in list(raw["strategy"]):
+        if k != "name" and k not in valid and k not in searched and k in base.strategy.params:
+            del raw["strategy"][k]
+
+
+def trial_job(base: JobSpec, values: Mapping[str, Any], *, name: str | None = None) -> JobSpec:
+    """The job a trial runs: ``base`` with ``values`` (dotted keys), scored on validation every round."""
+    raw = base.model_dump(mode="python")
+    _apply(raw, values)
+    _fit_strategy(raw, base, values)
+    raw["tune"] = None
+    raw["eval"] = {**raw["eval"], "every": 1, "splits": ["val"]}
+    if name is not None:
+        raw["name"] = name
+    return parse_job(raw, source=f"trial {name or ''}".strip())
+
+
+def best_job(base: JobSpec, values: Mapping[str, Any], *, name: str | None = None) -> JobSpec:
+    """The ready-to-run job for a configuration: ``base`` with ``values``, its own evaluation, no [tune]."""
+    raw = base.model_dump(mode="python")
+    _apply(raw, values)
+    _fit_strategy(raw, base, values)
+    raw["tune"] = None
+    raw["name"] = name or f"{base.name}-best"[:100]
+    return parse_job(raw, source="best configuration")
+
+
+class FederatedObjective:
+    """Optuna objective: ``objective(trial)`` runs one federation and returns its score(s).
+
+    ``run_dir`` (optional) receives a sub-run per trial when ``spec.keep_runs`` is set;
+    ``on_round(trial_number, result)`` sees every round (progress display).
+    """
+
+    def __init__(
+        self,
+        job: JobSpec,
+        spec: TuneSpec,
+        *,
+        data_dir: str | Path | None = None,
+        run_dir: Path | None = None,
+        worker: str = "0",
+        on_round: Callable[[int, RoundResult], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.spec = spec
+        self.data_dir = data_dir
+        self.run_dir = run_dir
+        self.worker = worker
+        self.on_round = on_round
+
+    def __call__(self, trial: Any) -> float | list[float]:
+        import optuna
+
+        from fedblend.runner import build_federation, build_pool, open_store, prepare
+
+        values = suggest_params(trial, self.spec.space)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("pid", os.getpid())
+        name = f"{self.job.name}-trial{trial.number:05d}"[:100]
+        t0 = time.perf_counter()
+        try:
+            job = trial_job(self.job, values, name=name)
+        except ConfigError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        metrics = self.spec.metrics
+        single = not self.spec.multi_objective
+        primary = metrics[0] if metrics[0] != "bytes" else metrics[1]
+        state = {"bytes": 0, "rounds": 0}
+        values_by_round: dict[int, float] = {}
+
+        def report(result: RoundResult) -> None:
+            state["bytes"] += 2 * model_bytes * len(result.participants)
+            state["rounds"] = result.round
+            if self.on_round is not None:
+                self.on_round(trial.number, result)
+            v = result.global_metrics.get(primary)
+            if v is None:
+                return
+            values_by_round[result.round] = float(v)
+            if single:
+                trial.report(float(v), result.round)
+                if result.round < job.rounds and trial.should_prune():
+                    trial.set_user_attr("rounds_done", result.round)
+                    raise optuna.TrialPruned(f"round {result.round}: {primary}={v:.4f}")
+
+        try:
+            prepared = prepare(job, data_dir=self.data_dir)
+            model_bytes = prepared.initial_weights.nbytes
+            if sum(len(s.val) for s in prepared.dataset.sites.values()) == 0:
+                raise ConfigError(f"trial {trial.number}: the sites hold no validation examples; raise [data].val_fraction")
+            store = None
+            if self.spec.keep_runs and self.run_dir is not None:
+                store = open_store(job, run_dir=self.run_dir / "trials" / f"trial_{trial.number:05d}", overwrite=True)
+            pool = build_pool(job, prepared)
+            try:
+                fed = build_federation(job, prepared, pool, store, callbacks=[report])
+                fed.run()
+            finally:
+                pool.close()
+                if store is not None:
+                    store.close()
+        except FedblendError as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+        finally:
+            trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+            trial.set_user_attr("bytes", int(state["bytes"]))
+        final = fed.history[-1].global_metrics if fed.history else {}
+        trial.set_user_attr("rounds_done", state["rounds"])
+        trial.set_user_attr("val_metrics", {k: float(v) for k, v in final.items() if k.startswith("val_")})
+        if not single:
+            trial.set_user_attr("history", {str(r): v for r, v in values_by_round.items()})
+        out: list[float] = []
+        for m in metrics:
+            if m == "bytes":
+                out.append(float(state["bytes"]))
+            elif m in final:
+                out.append(float(final[m]))
+            else:
+                raise ConfigError(f"trial {trial.number}: metric {m!r} was not measured (got {sorted(final)})")
+        return out[0] if single else out

@@ -1,0 +1,196 @@
+"""Coordinator: the server's driver thread. It runs the same Federation round loop as the
+simulator over the DeploymentPool, cycle after cycle, with nobody in the loop.
+
+- waits until ``min_sites_to_start`` sites registered, then runs the job's rounds;
+- resumes from the run store: a restarted server continues after the last committed round (the
+  Federation reloads weights and strategy state) and reaches the same final model;
+- a round without quorum is retried once enough sites are back (the failure is recorded);
+- continuous federation: after a cycle, the next one (``rounds`` more rounds from the last global
+  model) starts on a schedule (``cycle.every_s``) or when ``cycle.new_data_sites`` sites report a
+  data version different from the one they had when the previous cycle started;
+- admin ``stop`` ends the run after the current round; ``start`` resumes it or starts a cycle now.
+
+The Federation is built by a factory given by the caller (the CLI builds it from the job file), so
+this module knows nothing of job files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedblend.engine.federation import Federation
+from fedblend.errors import FedblendError, QuorumError, TransportError
+from fedblend.net.config import DeploySpec
+from fedblend.net.pool import DeploymentPool
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, pool: DeploymentPool, store: Any, make_federation: Callable[[int], Federation], *,
+                 spec: DeploySpec, rounds: int) -> None:
+        self.pool, self.store, self.make_federation = pool, store, make_federation
+        self.spec, self.rounds = spec, rounds
+        self.stop_event = threading.Event()  # shutdown
+        self._paused = threading.Event()  # admin stop
+        self._start_now = threading.Event()  # admin start
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.federation: Federation | None = None
+        self.status = "starting"
+        meta = store.meta() if store is not None else {}
+        self.cycle = int(meta.get("cycle") or 1)
+        # data versions the sites had when the current cycle started ("new data" = different now)
+        self._baseline: dict[str, str] | None = dict(meta["cycle_data_versions"]) if meta.get("cycle_data_versions") else None
+        self._thread = threading.Thread(target=self._main, name="fedblend-coordinator", daemon=True)
+
+    # -- control --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout)
+
+    def admin_stop(self) -> None:
+        self._paused.set()
+
+    def admin_start(self) -> None:
+        self._paused.clear()
+        self._start_now.set()
+
+    @property
+    def round(self) -> int:
+        fed = self.federation
+        return fed.round if fed is not None else (self.store.last_round() if self.store is not None else 0)
+
+    @property
+    def total_rounds(self) -> int:
+        return self.cycle * self.rounds
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._run()
+        except TransportError as exc:
+            if not self.stop_event.is_set():
+                self.error = exc
+                log.error("coordinator stopped: %s", exc)
+        except BaseException as exc:  # recorded; the server exits with an error
+            self.error = exc
+            log.exception("coordinator failed")
+            self._event("server_error", error=f"{type(exc).__name__}: {exc}")
+            if self.store is not None:
+                self.store.set_status("failed", error=str(exc))
+        finally:
+            if not self.stop_event.is_set():
+                self.pool.set_mode("done", self._done_message())
+            self.finished.set()
+
+    def _run(self) -> None:
+        need = self.spec.start_count()
+        self.status = "waiting"
+        self._event("waiting_for_sites", need=need)
+        log.info("waiting for %d site(s) to register", need)
+        if not self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, self.spec.start_timeout_s or None, self.stop_event):
+            if self.stop_event.is_set():
+                return
+            raise FedblendError(f"only {len(self.pool.site_ids())} of {need} site(s) registered within "
+                                f"start_timeout_s={self.spec.start_timeout_s:g}s; the job did not start")
+        while not self.stop_event.is_set():
+            self._run_cycle()
+            if self.stop_event.is_set() or self.spec.cycle is None:
+                return
+            if self.spec.cycle.max_cycles is not None and self.cycle >= self.spec.cycle.max_cycles:
+                return
+            self.status = "idle"
+            self.pool.set_mode("idle", f"cycle {self.cycle} finished; waiting for the next one")
+            if not self._wait_for_trigger():
+                return
+            self.cycle += 1
+            self._baseline = None
+
+    def _run_cycle(self) -> None:
+        total = self.total_rounds
+        if self._baseline is None:
+            self._baseline = self.pool.data_versions()
+        if self.store is not None:
+            self.store.set_meta(cycle=self.cycle, cycle_data_versions=self._baseline)
+        fed = self.make_federation(total)
+        start = fed.resume()
+        self.federation = fed
+        if start >= total:
+            return
+        self.pool.set_mode("running")
+        self.status = "running"
+        self._event("cycle_started", round=start, cycle=self.cycle, until=total)
+        while fed.round < total and not self.stop_event.is_set():
+            if self._paused.is_set():
+                self._pause(fed)
+                continue
+            try:
+                fed.run(until=fed.round + 1)
+            except QuorumError as exc:
+                if self.stop_event.is_set():
+                    return
+                log.warning("%s; retrying when enough sites are online", exc)
+                self._event("round_retry", round=fed.round + 1, reason=str(exc))
+                need = max(1, min(self.spec.quorum or 1, len(self.spec.sites) or 1))
+                self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, None, self.stop_event)
+        if fed.round >= total:
+            self._event("cycle_finished", round=fed.round, cycle=self.cycle)
+
+    def _pause(self, fed: Federation) -> None:
+        self.status = "stopped"
+        if self.store is not None:
+            self.store.set_status("stopped", round=fed.round)
+        self._event("stopped", round=fed.round)
+        self.pool.set_mode("idle", "stopped by the administrator")
+        while self._paused.is_set() and not self.stop_event.wait(0.2):
+            pass
+        self._start_now.clear()
+        self.status = "running"
+        self.pool.set_mode("running")
+        self._event("started", round=fed.round)
+
+    def _wait_for_trigger(self) -> bool:
+        assert self.spec.cycle is not None
+        c = self.spec.cycle
+        ended = time.monotonic()
+        base = dict(self._baseline or {})
+        while not self.stop_event.wait(0.2):
+            if self._start_now.is_set() and not self._paused.is_set():
+                self._start_now.clear()
+                self._event("cycle_trigger", reason="admin")
+                return True
+            if self._paused.is_set():
+                continue
+            if c.every_s is not None and time.monotonic() - ended >= c.every_s:
+                self._event("cycle_trigger", reason="schedule")
+                return True
+            if c.new_data_sites is not None:
+                now = self.pool.data_versions()
+                changed = sorted(s for s, v in now.items() if v and base.get(s) not in (None, v))
+                new = sorted(s for s in now if s not in base)
+                if len(changed) + len(new) >= c.new_data_sites:
+                    self._event("cycle_trigger", reason="new_data", sites=changed + new)
+                    return True
+        return False
+
+    def _done_message(self) -> str:
+        if self.error is not None:
+            return f"the server stopped on an error: {self.error}"
+        return f"the job is finished after round {self.round}"
+
+    def _event(self, kind: str, **payload: Any) -> None:
+        if self.store is not None:
+            try:
+                self.store.record_event(kind, **payload)
+            except Exception:
+                log.exception("could not record event %s", kind)

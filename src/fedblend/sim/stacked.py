@@ -1,0 +1,170 @@
+"""Local training of many clients at once: stacked parameters, ``torch.func`` + ``vmap``.
+
+Every client trains the same architecture from the same global weights on its own minibatches,
+exactly as ``TorchTask.train`` would, but one step of all clients is a single batched computation
+(``vmap(grad_and_value(loss))`` over the client axis of the parameters and of the batches).
+
+Unequal clients: clients are sorted by decreasing number of steps, so at step ``s`` the clients
+still training are a prefix ``[:k]`` of the stack; the others keep their parameters (and
+optimizer state) untouched. Short batches (the last batch of an epoch) are padded and masked: the
+loss is the mean over the real examples only, as in ``TorchTask``.
+
+    results = train_stacked(model, task, weights, jobs, cfg, device=torch.device("cpu"))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedblend.sim.functional import StackedOptimizer
+from fedblend.task.config import TrainConfig
+from fedblend.weights import Weights
+
+__all__ = ["ClientJob", "ClientResult", "StackedTrainer", "batch_plan"]
+
+
+def batch_plan(task: Any, n: int, cfg: TrainConfig, seed: int) -> list[np.ndarray]:
+    """The minibatch index arrays ``TorchTask.train`` uses for ``n`` examples and ``seed``.
+
+    Uses the task's own ``batch_plan(n, cfg, seed)`` when it has one, else the same seeded
+    generator ``TorchTask.train`` builds, fed to the shared ``TorchTask.batch_indices``.
+    """
+    plan = getattr(task, "batch_plan", None)
+    if callable(plan):
+        out: list[np.ndarray] = plan(n, cfg, seed)
+        return out
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
+    batches: list[np.ndarray] = task.batch_indices(n, cfg, rng)
+    return batches
+
+
+@dataclass
+class ClientJob:
+    """One client's local training in a round: its training tensors and its batch order."""
+
+    site_id: str
+    x: torch.Tensor
+    y: torch.Tensor
+    batches: list[np.ndarray]
+
+
+@dataclass
+class ClientResult:
+    site_id: str
+    weights: Weights
+    train_loss: float
+    steps: int
+
+
+class StackedTrainer:
+    """Trains clients of one model side by side; build once per (model, task), reuse every round."""
+
+    def __init__(self, model: nn.Module, task: Any, device: torch.device) -> None:
+        self.model = model
+        self.task = task
+        self.device = device
+        self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+
+        def mean_loss(p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(model, (p, fz), (x,))
+            loss: torch.Tensor = task.loss_fn(out, y)
+            return loss
+
+        def masked_loss(
+            p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        ) -> torch.Tensor:
+            out = functional_call(model, (p, fz), (x,))
+            per: torch.Tensor = task.per_example_loss(out, y)
+            return (per * w).sum() / w.sum()
+
+        self._full: Callable[..., Any] = vmap(grad_and_value(mean_loss), in_dims=(0, None, 0, 0))
+        self._masked: Callable[..., Any] = vmap(grad_and_value(masked_loss), in_dims=(0, None, 0, 0, 0))
+
+    def train(self, weights: Weights, jobs: Sequence[ClientJob], cfg: TrainConfig) -> list[ClientResult]:
+        """Train ``jobs`` from ``weights``; results in the order of ``jobs``."""
+        if not jobs:
+            return []
+        dev = self.device
+        steps = np.array([len(j.batches) for j in jobs])
+        order = np.argsort(-steps, kind="stable")  # most steps first: active clients are a prefix
+        sjobs = [jobs[i] for i in order]
+        c, s_max = len(sjobs), int(steps.max())
+        bsz = max(len(b) for j in sjobs for b in j.batches)
+        idx, mask, full = _index_plan(sjobs, s_max, bsz)
+        x_all = torch.cat([j.x for j in sjobs]).to(dev)
+        y_all = torch.cat([j.y for j in sjobs]).to(dev)
+        idx_t = torch.from_numpy(idx).to(dev)
+        mask_t = torch.from_numpy(mask).to(dev)
+        active = [int((steps[order] > s).sum()) for s in range(s_max)]
+
+        params = {n: _stack(weights[n], c, dev) for n in self.trainable}
+        frozen = {n: torch.from_numpy(np.array(weights[n])).to(dev) for n in self.frozen}
+        plist = list(params.values())
+        settings = self.task.optimizer_settings(cfg)
+        opt = StackedOptimizer(settings, mu=float(cfg.proximal_mu))
+        anchor = [torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable]
+        state = opt.init(plist, anchor if cfg.proximal_mu > 0 else None)
+        losses = torch.zeros((c, s_max), dtype=torch.float32, device=dev)
+
+        for s in range(s_max):
+            k = active[s]
+            ps = params if k == c else {n: p[:k] for n, p in params.items()}
+            it = idx_t[:k, s]
+            xb, yb = x_all[it], y_all[it]
+            if full[s]:
+                grads, loss = self._full(ps, frozen, xb, yb)
+            else:
+                grads, loss = self._masked(ps, frozen, xb, yb, mask_t[:k, s])
+            opt.step(plist, [grads[n] for n in self.trainable], state, k)
+            losses[:k, s] = loss.detach()
+
+        loss_sums = losses.double().sum(dim=1).cpu().numpy()
+        stacked = {n: p.detach().cpu().numpy() for n, p in params.items()}
+        results: list[ClientResult | None] = [None] * c
+        for pos, job_i in enumerate(order):
+            arrays = {
+                n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights
+            }
+            n_steps = int(steps[job_i])
+            mean = float(loss_sums[pos] / n_steps) if n_steps else math.nan
+            results[job_i] = ClientResult(jobs[job_i].site_id, Weights(arrays), mean, n_steps)
+        return [r for r in results if r is not None]
+
+
+def _stack(arr: np.ndarray, c: int, dev: torch.device) -> torch.Tensor:
+    base = torch.from_numpy(np.array(arr)).to(dev)
+    return base.unsqueeze(0).repeat(c, *([1] * base.ndim))
+
+
+def _index_plan(jobs: Sequence[ClientJob], s_max: int, bsz: int) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """Row indices into the concatenated chunk data (C, S, B), the 0/1 example mask, and for each
+    step whether every active client has a full batch (then no mask is needed)."""
+    c = len(jobs)
+    idx = np.zeros((c, s_max, bsz), dtype=np.int64)
+    mask = np.zeros((c, s_max, bsz), dtype=np.float32)
+    full = [True] * s_max
+    off = 0
+    for ci, j in enumerate(jobs):
+        bs = j.batches
+        if bs and all(len(b) == bsz for b in bs):
+            idx[ci, : len(bs)] = np.stack(bs) + off
+            mask[ci, : len(bs)] = 1.0
+        else:
+            for si, b in enumerate(bs):
+                m = len(b)
+                idx[ci, si, :m] = b + off
+                idx[ci, si, m:] = off  # padding: any valid row, weight 0
+                mask[ci, si, :m] = 1.0
+                if m != bsz:
+                    full[si] = False
+        off += len(j.y)
+    return idx, mask, full

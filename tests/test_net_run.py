@@ -1,0 +1,112 @@
+"""Deployed runs with real processes on 127.0.0.1: a server and one `fedblend site` per site.
+
+Equivalence: a seeded deployed run gives bit-identical final weights to the seeded simulation of
+the same job (same torch build, one thread each side).
+"""
+
+from __future__ import annotations
+
+import pytest
+from net_helpers import DATA_DIR, HEART, heart_job, make_fleet, rounds_committed, wait_until
+
+from fedblend.jobs import load_job
+from fedblend.runner import run_job
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = make_fleet(tmp_path)
+    yield f
+    f.close()
+
+
+def test_three_sites_run_to_the_end_and_equal_the_simulation(fleet, tmp_path):
+    sites = HEART[:3]
+    job = heart_job(tmp_path, rounds=3, data={"dataset": "heart_disease", "num_sites": 3}, deploy={"sites": sites},
+                    strategy={"name": "fedadam", "server_lr": 0.05})
+    server = fleet.start_server(job)
+    procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in sites]
+    for p in procs:
+        assert p.wait(180) == 0, p.tail()
+        assert "the job is finished after round 3" in p.tail()
+    assert server.wait(60) == 0, server.tail()
+
+    st = fleet.store()
+    rounds = st.rounds()
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["participants"] == sites for r in rounds)
+    deployed = st.final_weights()
+    sim = run_job(load_job(job), persist=False, data_dir=DATA_DIR)
+    assert deployed.equal(sim.weights), "deployed and simulated final weights differ"
+    assert rounds[-1]["global_metrics"]["test_acc"] == pytest.approx(sim.final_metrics["test_acc"])
+    # the dashboard's view: site states, data versions, row counts, stats, events
+    by_site = {s["site_id"]: s for s in st.sites()}
+    assert set(by_site) == set(sites)
+    assert by_site["cleveland"]["num_rows"] == 303 and len(by_site["cleveland"]["data_version"]) == 16
+    assert all(s["state"] == "offline" for s in by_site.values())  # each was told the job is done and left
+    assert st.site_stats()["hungary"]["num_train"] == 172
+    kinds = [e["kind"] for e in st.events()]
+    assert kinds.count("site_registered") == 3 and "cycle_finished" in kinds
+    assert st.meta()["status"] == "finished"
+    st.close()
+
+
+def test_a_dead_site_and_a_slow_site_do_not_stop_the_run(fleet, tmp_path):
+    """d is killed mid-round (missed heartbeats -> offline); c trains past the deadline (late)."""
+    job = heart_job(tmp_path, rounds=2, deploy={"quorum": 2, "deadline_s": 4})
+    server = fleet.start_server(job)
+    fast = [fleet.start_site(s) for s in ("cleveland", "hungary")]
+    slow = fleet.start_site("switzerland", extra=["--delay-train-s", "6"])
+    doomed = fleet.start_site("va", extra=["--delay-train-s", "60"])
+
+    def va_training():
+        st = fleet.store() if (tmp_path / "state" / "run.db").exists() else None
+        if st is None:
+            return False
+        try:
+            return any(s["site_id"] == "va" and s["state"] == "training" for s in st.sites())
+        finally:
+            st.close()
+
+    wait_until(va_training, 90, "site va to start training", [server])
+    doomed.kill()
+    for p in fast:
+        assert p.wait(120) == 0, p.tail()
+    assert server.wait(60) == 0, server.tail()
+    slow.wait(60)
+
+    st = fleet.store()
+    rounds = st.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    first = {f["site_id"]: f for f in rounds[0]["failures"]}
+    assert rounds[0]["participants"] == ["cleveland", "hungary"]
+    assert first["va"]["kind"] == "offline" and "no heartbeat" in first["va"]["reason"]
+    assert first["switzerland"]["kind"] == "timeout" and "deadline of 4s" in first["switzerland"]["reason"]
+    events = st.events()
+    assert any(e["kind"] == "site_offline" and e["site_id"] == "va" for e in events)
+    late = [e for e in events if e["kind"] == "request_rejected" and e["site_id"] == "switzerland"]
+    assert late and late[0]["payload"]["code"] in ("late", "stale"), [e["payload"] for e in late]
+    assert {s["site_id"]: s["state"] for s in st.sites()}["va"] == "offline"
+    st.close()
+
+
+def test_killed_server_resumes_and_reaches_the_uninterrupted_model(fleet, tmp_path, free_port):
+    sites = HEART[:3]
+    job = heart_job(tmp_path, rounds=6, data={"dataset": "heart_disease", "num_sites": 3}, deploy={"sites": sites})
+    server = fleet.start_server(job, port=free_port)
+    procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in sites]
+    wait_until(lambda: rounds_committed(fleet) >= 2, 120, "round 2 to be committed", [server])
+    server.kill()  # SIGKILL: no clean shutdown
+    killed_at = rounds_committed(fleet)
+    assert 2 <= killed_at < 6
+    server2 = fleet.start_server(job, port=free_port)
+    for p in procs:
+        assert p.wait(180) == 0, p.tail()
+    assert server2.wait(60) == 0, server2.tail()
+
+    st = fleet.store()
+    assert [r["round"] for r in st.rounds()] == [1, 2, 3, 4, 5, 6]
+    assert any(e["kind"] == "resumed" and e["round"] == killed_at for e in st.events())
+    sim = run_job(load_job(job), persist=False, data_dir=DATA_DIR)
+    assert st.final_weights().equal(sim.weights), "the resumed run's final model differs from an uninterrupted one"
+    st.close()
