@@ -68,27 +68,62 @@ def blend_record(rnd: int, sites: list[str]) -> dict[str, Any]:
     """A blend record in the format of fedblend.blend (synthesizer.search / record.trial_entry)."""
     fedavg = {"alpha": 0.5, "beta": 0.3, "gamma": 0.2}
     trials = []
-    for n, (label, ratios, loss) in enumerate([
-        ("fedavg", fedavg, 0.70),
-        ("uniform", {s: 1 / 3 for s in sites}, 0.71),
-        ("search", {"alpha": 0.6, "beta": 0.3, "gamma": 0.1}, 0.65),
-        ("search", {"alpha": 0.2, "beta": 0.5, "gamma": 0.3}, 0.72),
-    ]):
-        trials.append({
-            "number": n, "label": label, "state": "complete", "params": {f"s.{s}": 0.1 * n for s in sites},
-            "ratios": ratios, "values": [loss], "gain": 0.70 - loss, "gain_se": 0.01, "pooled_loss": loss,
-            "pooled_acc": 0.6 + 0.01 * n, "worst_loss": loss + 0.1, "mean_site_acc": 0.6, "worst_site_acc": 0.5,
-            "site_scores": {s: {"n": 10, "loss": loss, "acc": 0.6, "fedavg_loss": 0.70, "diff_mean": loss - 0.7} for s in sites},
-        })
-    trials.append({"number": 4, "label": "search", "state": "fail", "params": {}, "ratios": fedavg, "reason": "gamma: offline"})
+    for n, (label, ratios, loss) in enumerate(
+        [
+            ("fedavg", fedavg, 0.70),
+            ("uniform", {s: 1 / 3 for s in sites}, 0.71),
+            ("search", {"alpha": 0.6, "beta": 0.3, "gamma": 0.1}, 0.65),
+            ("search", {"alpha": 0.2, "beta": 0.5, "gamma": 0.3}, 0.72),
+        ]
+    ):
+        trials.append(
+            {
+                "number": n,
+                "label": label,
+                "state": "complete",
+                "params": {f"s.{s}": 0.1 * n for s in sites},
+                "ratios": ratios,
+                "values": [loss],
+                "gain": 0.70 - loss,
+                "gain_se": 0.01,
+                "pooled_loss": loss,
+                "pooled_acc": 0.6 + 0.01 * n,
+                "worst_loss": loss + 0.1,
+                "mean_site_acc": 0.6,
+                "worst_site_acc": 0.5,
+                "site_scores": {
+                    s: {"n": 10, "loss": loss, "acc": 0.6, "fedavg_loss": 0.70, "diff_mean": loss - 0.7} for s in sites
+                },
+            }
+        )
+    trials.append(
+        {"number": 4, "label": "search", "state": "fail", "params": {}, "ratios": fedavg, "reason": "gamma: offline"}
+    )
     return {
-        "version": 1, "round": rnd, "searcher": "tpe", "objective": "pooled", "budget": 5, "margin": 0.001, "k": 2.0,
-        "space": {"kind": "tilt", "distributions": {}}, "sites": sites, "fedavg_ratios": fedavg,
-        "chosen_ratios": {"alpha": 0.6, "beta": 0.3, "gamma": 0.1}, "best_trial": 2, "best_label": "search",
-        "decision": "accepted", "adopted": "blend", "reason": "gain 0.05 > margin 0.001 and > 2 x se = 0.02",
-        "gain": 0.05, "gain_se": 0.01, "fedavg": {"pooled_loss": 0.70, "pooled_acc": 0.6},
-        "best": {"pooled_loss": 0.65, "pooled_acc": 0.62}, "pareto_front": None, "trials": trials,
-        "timing": {"total_s": 1.5}, "communication": {"models_sent": 15},
+        "version": 1,
+        "round": rnd,
+        "searcher": "tpe",
+        "objective": "pooled",
+        "budget": 5,
+        "margin": 0.001,
+        "k": 2.0,
+        "space": {"kind": "tilt", "distributions": {}},
+        "sites": sites,
+        "fedavg_ratios": fedavg,
+        "chosen_ratios": {"alpha": 0.6, "beta": 0.3, "gamma": 0.1},
+        "best_trial": 2,
+        "best_label": "search",
+        "decision": "accepted",
+        "adopted": "blend",
+        "reason": "gain 0.05 > margin 0.001 and > 2 x se = 0.02",
+        "gain": 0.05,
+        "gain_se": 0.01,
+        "fedavg": {"pooled_loss": 0.70, "pooled_acc": 0.6},
+        "best": {"pooled_loss": 0.65, "pooled_acc": 0.62},
+        "pareto_front": None,
+        "trials": trials,
+        "timing": {"total_s": 1.5},
+        "communication": {"models_sent": 15},
     }
 
 
@@ -96,11 +131,22 @@ def fill_store(run_dir: Path, *, rounds: int = 3, finished: bool = True, blend: 
     """A run of three sites written by hand: rounds, a rejected update, stats, events, a blend."""
     store = SqlRunStore(run_dir)
     store.set_meta(name="hand-run", seed=7, rounds=rounds, dataset="synthetic", model="logreg", strategy="fedavg")
-    store.set_document("job.toml", 'name = "hand-run"\n[deploy]\nadmin_token = "s3cr3t-value"\nurl = "postgresql://u:pw123@db/x"\n')
+    store.set_document(
+        "job.toml", 'name = "hand-run"\n[deploy]\nadmin_token = "s3cr3t-value"\nurl = "postgresql://u:pw123@db/x"\n'
+    )
     store.record_site_stats(
-        {s: SiteStats(site_id=s, num_train=100 + 10 * i, num_val=20, num_test=30 + i, label_counts={"0": 60 + i, "1": None if s == "gamma" else 40},
-                      features={"age": {"mean": 0.1 * i, "std": 1.0, "missing": 0.0}}, data_version=f"v{i}")
-         for i, s in enumerate(SITES)},
+        {
+            s: SiteStats(
+                site_id=s,
+                num_train=100 + 10 * i,
+                num_val=20,
+                num_test=30 + i,
+                label_counts={"0": 60 + i, "1": None if s == "gamma" else 40},
+                features={"age": {"mean": 0.1 * i, "std": 1.0, "missing": 0.0}},
+                data_version=f"v{i}",
+            )
+            for i, s in enumerate(SITES)
+        },
         {"alpha": 0.01, "beta": 0.02, "gamma": 0.3},
     )
     store.set_status("running", rounds=rounds)
@@ -118,17 +164,27 @@ def fill_store(run_dir: Path, *, rounds: int = 3, finished: bool = True, blend: 
             store.record_event("stage", round=r, stage="blending")
         store.record_event("stage", round=r, stage="evaluating")
         store.record_event("stage", round=r, stage="committing")
-        reports = tuple(EvalReport(s, "test", 30 + i, loss_sum=(30 + i) * (0.9 - 0.1 * r), correct=(30 + i) * (0.5 + 0.1 * r) // 1)
-                        for i, s in enumerate(SITES))
+        reports = tuple(
+            EvalReport(s, "test", 30 + i, loss_sum=(30 + i) * (0.9 - 0.1 * r), correct=(30 + i) * (0.5 + 0.1 * r) // 1)
+            for i, s in enumerate(SITES)
+        )
         store.commit_round(
             RoundResult(
-                round=r, weights=w, participants=tuple(participants), failures=failures,
-                train_metrics={s: {"train_loss": 1.0 / r + 0.01 * i, "num_examples": 100 + 10 * i, "duration_s": 0.1}
-                               for i, s in enumerate(participants)},
-                eval_reports=reports, global_metrics={"test_loss": 0.9 - 0.1 * r, "test_acc": 0.5 + 0.1 * r, "odd": math.nan},
-                blend=blend_record(r, SITES) if blend and r == rounds else None, duration_s=0.5 + r,
+                round=r,
+                weights=w,
+                participants=tuple(participants),
+                failures=failures,
+                train_metrics={
+                    s: {"train_loss": 1.0 / r + 0.01 * i, "num_examples": 100 + 10 * i, "duration_s": 0.1}
+                    for i, s in enumerate(participants)
+                },
+                eval_reports=reports,
+                global_metrics={"test_loss": 0.9 - 0.1 * r, "test_acc": 0.5 + 0.1 * r, "odd": math.nan},
+                blend=blend_record(r, SITES) if blend and r == rounds else None,
+                duration_s=0.5 + r,
             ),
-            {}, {},
+            {},
+            {},
         )
     if finished:
         store.set_status("finished")
@@ -166,9 +222,13 @@ def test_api_shows_what_the_store_holds(hand_run: Path) -> None:
     assert cards["beta"]["last_eval_accuracy"] == pytest.approx(last_eval["metrics"]["accuracy"])
     # training: every committed round, NaN turned into null, the rejection with its reason
     assert [r["round"] for r in tr["rounds"]] == [1, 2, 3]
-    assert [r["global_metrics"]["test_acc"] for r in tr["rounds"]] == [r["global_metrics"]["test_acc"] for r in store.rounds()]
+    assert [r["global_metrics"]["test_acc"] for r in tr["rounds"]] == [
+        r["global_metrics"]["test_acc"] for r in store.rounds()
+    ]
     assert tr["rounds"][0]["global_metrics"]["odd"] is None
-    assert tr["rejected"] == [{"round": 2, "site_id": "gamma", "kind": "rejected", "reason": "update norm 1e9 exceeds max_update_norm 100"}]
+    assert tr["rejected"] == [
+        {"round": 2, "site_id": "gamma", "kind": "rejected", "reason": "update norm 1e9 exceeds max_update_norm 100"}
+    ]
     part = tr["participation"]
     assert part["status"][part["sites"].index("gamma")] == ["trained", "rejected", "trained"]
     series = {(s["kind"], s["metric"], s["site_id"]): s for s in tr["site_series"]}
@@ -213,10 +273,21 @@ def test_pipeline_marks_the_current_step() -> None:
         return {s.id: s.status for s in p.steps}
 
     p = pipeline_from_events([ev(1, "training", "round_started")], 0, "running")
-    assert p.round == 1 and marks(p)["training"] == "current" and marks(p)["waiting"] == "done" and marks(p)["blending"] == "pending"
-    p = pipeline_from_events([ev(2, "training", "round_started"), ev(2, "aggregating"), ev(2, "evaluating")], 1, "running")
-    assert marks(p)["evaluating"] == "current" and marks(p)["blending"] == "skipped" and marks(p)["aggregating"] == "done"
-    p = pipeline_from_events([ev(2, "training", "round_started"), ev(2, "aggregating"), ev(2, "blending")], 1, "running")
+    assert (
+        p.round == 1
+        and marks(p)["training"] == "current"
+        and marks(p)["waiting"] == "done"
+        and marks(p)["blending"] == "pending"
+    )
+    p = pipeline_from_events(
+        [ev(2, "training", "round_started"), ev(2, "aggregating"), ev(2, "evaluating")], 1, "running"
+    )
+    assert (
+        marks(p)["evaluating"] == "current" and marks(p)["blending"] == "skipped" and marks(p)["aggregating"] == "done"
+    )
+    p = pipeline_from_events(
+        [ev(2, "training", "round_started"), ev(2, "aggregating"), ev(2, "blending")], 1, "running"
+    )
     assert marks(p)["blending"] == "current"
     p = pipeline_from_events([ev(2, "committing")], 2, "running")  # committed: waiting for the next round
     assert p.round == 3 and marks(p)["waiting"] == "current"
@@ -251,10 +322,19 @@ def test_site_states_mid_round_and_reported(tmp_path: Path) -> None:
 def test_blend_reader_tolerates_missing_and_other_keys() -> None:
     skipped = parse_synthesis({"round": 4, "decision": "skipped", "reason": "1 site update(s)"})
     assert skipped.decision == "skipped" and skipped.accepted is False and skipped.trials == [] and skipped.sites == []
-    odd = parse_synthesis({"round": "2", "accepted": True, "chosen": {"a": 0.7, "b": 0.3}, "fedavg": {"a": 0.5, "b": 0.5},
-                           "trials": [{"number": 1, "value": 0.4, "ratios": {"a": 0.7, "b": float("nan")}}, "junk"]})
+    odd = parse_synthesis(
+        {
+            "round": "2",
+            "accepted": True,
+            "chosen": {"a": 0.7, "b": 0.3},
+            "fedavg": {"a": 0.5, "b": 0.5},
+            "trials": [{"number": 1, "value": 0.4, "ratios": {"a": 0.7, "b": float("nan")}}, "junk"],
+        }
+    )
     assert odd.round == 2 and odd.decision == "accepted" and odd.sites == ["a", "b"]
-    assert odd.chosen_ratios == {"a": 0.7, "b": 0.3} and odd.trials[0].score == 0.4 and odd.trials[0].ratios["b"] is None
+    assert (
+        odd.chosen_ratios == {"a": 0.7, "b": 0.3} and odd.trials[0].score == 0.4 and odd.trials[0].ratios["b"] is None
+    )
     assert parse_synthesis({}).decision == "unknown"
 
 
@@ -266,7 +346,9 @@ def test_pages_render_under_a_mount_prefix(hand_run: Path) -> None:
         for path in ("/", "/training", "/blend", "/data", "/search"):
             r = get(base, "/dashboard" + path)
             assert r.status_code == 200, (path, r.text[:500])
-            assert 'href="/dashboard/static/dashboard.css"' in r.text and 'src="/dashboard/vendor/plotly.min.js"' in r.text
+            assert (
+                'href="/dashboard/static/dashboard.css"' in r.text and 'src="/dashboard/vendor/plotly.min.js"' in r.text
+            )
             assert 'data-base="/dashboard"' in r.text and "content-security-policy" in r.headers
         partial = get(base, "/dashboard/training?partial=1").text
         assert "<html" not in partial and 'id="page-data"' in partial and 'id="rounds-table"' in partial
@@ -274,7 +356,15 @@ def test_pages_render_under_a_mount_prefix(hand_run: Path) -> None:
         assert js.status_code == 200 and len(js.content) > 1_000_000 and b"plotly" in js.content[:2000].lower()
         assert get(base, "/dashboard/static/dashboard.js").status_code == 200
         schema = get(base, "/dashboard/openapi.json").json()
-        assert {"/api/overview", "/api/training", "/api/blends", "/api/data", "/api/search", "/api/events", "/api/job"} <= set(schema["paths"])
+        assert {
+            "/api/overview",
+            "/api/training",
+            "/api/blends",
+            "/api/data",
+            "/api/search",
+            "/api/events",
+            "/api/job",
+        } <= set(schema["paths"])
         assert "/api/stream" not in schema["paths"]
         assert "No search in this run" in get(base, "/dashboard/search").text
 
@@ -305,7 +395,9 @@ def test_auth_roles_tokens_and_login(hand_run: Path, caplog: pytest.LogCaptureFi
         cookie = good.cookies["fedblend_session"]
         assert VIEWER not in cookie and "httponly" in good.headers["set-cookie"].lower()
         assert "samesite=strict" in good.headers["set-cookie"].lower()
-        pages = [get(base, p, cookies={"fedblend_session": cookie}) for p in ("/", "/training", "/blend", "/data", "/search")]
+        pages = [
+            get(base, p, cookies={"fedblend_session": cookie}) for p in ("/", "/training", "/blend", "/data", "/search")
+        ]
         assert all(p.status_code == 200 for p in pages)
         assert "Job file" not in pages[0].text  # admin only
         admin_page = get(base, "/", headers=a).text
@@ -384,15 +476,27 @@ def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
 
     run = tmp_path / "tune"
     store = SqlRunStore(run)
-    store.set_meta(kind="tune", name="heart", study_name="heart", metrics="val_loss", directions="minimize", n_trials=4,
-                   searcher="random", tune_storage=f"sqlite:///{run / 'tune.db'}")
+    store.set_meta(
+        kind="tune",
+        name="heart",
+        study_name="heart",
+        metrics="val_loss",
+        directions="minimize",
+        n_trials=4,
+        searcher="random",
+        tune_storage=f"sqlite:///{run / 'tune.db'}",
+    )
     store.close()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="heart", storage=f"sqlite:///{run / 'tune.db'}")
     for i, lr in enumerate([0.1, 0.01, 0.001]):
         study.enqueue_trial({"train.lr": lr, "strategy.name": "fedavg" if i else "fedyogi"})
-        t = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
-                       "strategy.name": optuna.distributions.CategoricalDistribution(["fedavg", "fedyogi"])})
+        t = study.ask(
+            {
+                "train.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+                "strategy.name": optuna.distributions.CategoricalDistribution(["fedavg", "fedyogi"]),
+            }
+        )
         for step in (1, 2):
             t.report(1.0 / (step + i), step)
         t.set_user_attr("duration_s", 1.5)
@@ -410,8 +514,12 @@ def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
 
 
 def test_cli_serves_a_run_directory(hand_run: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "fedblend", "dashboard", str(hand_run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedblend", "dashboard", str(hand_run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # readiness: the command prints its URL once it has bound the port

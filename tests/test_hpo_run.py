@@ -56,7 +56,7 @@ def test_tune_end_to_end_writes_a_best_job_that_runs(tmp_path: Path, data_dir: P
     assert out.best[0].number == study.best_trial.number
     assert study.best_value == min(t.value for t in study.trials)
     for t in study.trials:
-        assert set(t.user_attrs["val_metrics"]) >= {"val_loss", "val_acc"}
+        assert set(t.user_attrs["val_metrics"]) >= {"val_loss", "val_acc", "val_loss_mean_sites"}
         assert not [k for k in t.user_attrs["val_metrics"] if not k.startswith("val_")]  # test never evaluated
         assert sorted(t.intermediate_values) == [1, 2, 3]  # reported every round
         assert ("strategy.server_lr" in t.params) == (t.params["strategy.name"] == "fedyogi")

@@ -174,3 +174,21 @@ def test_samplers_pruners_and_worker_seeds() -> None:
     with pytest.raises(ConfigError, match="bad sampler option"):
         make_tune_sampler(parse_tune({**base, "sampler_options": {"nope": 1}}), 0)
     assert worker_seed(0, 0) == worker_seed(0, 0) != worker_seed(0, 1)
+
+
+def test_mean_of_sites_validation_loss_weights_every_site_the_same() -> None:
+    from fedblend.hpo.objective import round_metrics
+    from fedblend.records import EvalReport, RoundResult
+    from fedblend.weights import Weights
+
+    reports = (
+        EvalReport("a", "val", 100, loss_sum=10.0, correct=90),  # loss 0.1
+        EvalReport("b", "val", 4, loss_sum=4.0, correct=2),  # loss 1.0
+        EvalReport("c", "val", 0, loss_sum=0.0, correct=0),  # no validation rows: left out
+        EvalReport("a", "test", 50, loss_sum=50.0, correct=0),  # never part of a validation metric
+    )
+    result = RoundResult(round=1, weights=Weights({}), participants=("a", "b"), failures=(), train_metrics={},
+                         eval_reports=reports, global_metrics={"val_loss": 14.0 / 104})
+    m = round_metrics(result)
+    assert m["val_loss_mean_sites"] == pytest.approx((0.1 + 1.0) / 2)
+    assert m["val_loss"] == pytest.approx(14.0 / 104)

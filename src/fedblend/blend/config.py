@@ -39,7 +39,7 @@ class BlendSpec(BaseModel):
     gamma_range: tuple[float, float] = Field(default=(0.5, 1.0), description="gamma in [lo, hi]; must hold 1")
     groups: Literal["single", "body_head"] = "single"
     head: list[str] | None = Field(default=None, description="body_head: tensor-name prefixes of the head (default: the last layer)")
-    floor: float = Field(default=0.05, ge=0.0, lt=1.0, description="each site keeps at least floor/K of every candidate blend")
+    floor: float = Field(default=0.25, ge=0.0, lt=1.0, description="each site keeps at least floor/K of every candidate blend")
     # search
     searcher: Literal["tpe", "cmaes", "gp", "random", "grid", "evolutionary"] = "tpe"
     budget: int = Field(default=24, ge=2, le=10_000, description="candidates per synthesis, FedAvg and uniform included")

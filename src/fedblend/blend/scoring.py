@@ -118,10 +118,10 @@ def score_reports(reports: Sequence[EvalReport]) -> Score:
     big_n = sum(s.n for s in sites.values())
     d1 = sum(r.diff_sum for r in reps)
     d2 = sum(r.diff_sq_sum for r in reps)
-    pooled_gain = -d1 / big_n
+    pooled_gain = 0.0 - d1 / big_n
     pooled_se = math.sqrt(_var(big_n, d1, d2) / big_n)
     k = len(sites)
-    bal_gain = -sum(s.diff_mean for s in sites.values()) / k
+    bal_gain = 0.0 - sum(s.diff_mean for s in sites.values()) / k
     bal_se = math.sqrt(sum(s.diff_var / s.n for s in sites.values())) / k
     worst = max(sites.values(), key=lambda s: (s.loss, s.site_id))
     ref_worst = max(s.ref_loss for s in sites.values())

@@ -100,7 +100,7 @@ class RatioSpace:
         *,
         groups: Sequence[str] = ("all",),
         gamma_range: tuple[float, float] | None = None,
-        floor: float = 0.05,
+        floor: float = 0.25,
     ) -> None:
         if len(site_ids) != len(counts) or len(site_ids) < 1:
             raise ConfigError(f"ratio space: {len(site_ids)} site ids but {len(counts)} example counts")
@@ -277,7 +277,7 @@ def make_space(
     *,
     groups: Sequence[str] = ("all",),
     gamma_range: tuple[float, float] | None = None,
-    floor: float = 0.05,
+    floor: float = 0.25,
     tilt_range: float = 2.0,
     tau_range: tuple[float, float] = (-1.0, 2.0),
 ) -> RatioSpace:

@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
         if not (run / "run.db").exists():
             console.print(f"[yellow]{run}/run.db does not exist yet[/]: the dashboard will fill in when the run starts")
         if host not in ("127.0.0.1", "localhost", "::1"):
-            console.print(f"[yellow]warning:[/] listening on {host}: this dashboard has no login; anyone who can reach "
-                          "the port can read the run")
+            console.print(
+                f"[yellow]warning:[/] listening on {host}: this dashboard has no login; anyone who can reach "
+                "the port can read the run"
+            )
         application = create_app(run, poll_interval_s=poll)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -46,7 +48,9 @@ def register(app: typer.Typer) -> None:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0: any free one)") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0: any free one)"
+            ) from None
         sock.listen(128)  # connections queue from now on, so the printed URL works at once
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host

@@ -66,11 +66,15 @@ class DashboardAuth:
                     )
                 d = _digest(tok)
                 if d in seen and seen[d] != role:
-                    raise ConfigError(f"DashboardAuth: token #{i + 1} is both a viewer and an admin token; give each role its own")
+                    raise ConfigError(
+                        f"DashboardAuth: token #{i + 1} is both a viewer and an admin token; give each role its own"
+                    )
                 seen[d] = role  # type: ignore[assignment]
                 self._tokens.append((d, role))  # type: ignore[arg-type]
         if not self._tokens:
-            raise ConfigError("DashboardAuth needs at least one viewer or admin token (or pass auth=None for an open dashboard)")
+            raise ConfigError(
+                "DashboardAuth needs at least one viewer or admin token (or pass auth=None for an open dashboard)"
+            )
         if session_ttl_s <= 0:
             raise ConfigError(f"DashboardAuth: session_ttl_s must be > 0 (got {session_ttl_s!r})")
         self.session_ttl_s = float(session_ttl_s)
@@ -125,8 +129,11 @@ class DashboardAuth:
         def dep(request: Request) -> Role:
             got = self.role_for_request(request)
             if got is None:
-                raise HTTPException(401, "a valid viewer or admin token is needed (Authorization: Bearer <token>, or log in)",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401,
+                    "a valid viewer or admin token is needed (Authorization: Bearer <token>, or log in)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             if _RANK[got] < _RANK[role]:
                 raise HTTPException(403, f"this needs the {role} role (you are {got})")
             return got
@@ -134,7 +141,9 @@ class DashboardAuth:
         return dep
 
 
-_SECRET_KEY = re.compile(r"(?im)^(\s*[\w.\"'-]*(?:secret|token|password|passwd|private_key|api_key|credential)[\w.\"'-]*\s*=\s*).+$")
+_SECRET_KEY = re.compile(
+    r"(?im)^(\s*[\w.\"'-]*(?:secret|token|password|passwd|private_key|api_key|credential)[\w.\"'-]*\s*=\s*).+$"
+)
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s\"']+:)[^@\s\"']+@")
 
 

@@ -126,7 +126,9 @@ class Series(BaseModel):
 class Participation(BaseModel):
     sites: list[str]
     rounds: list[int]
-    status: list[list[str]] = Field(description="status[site][round]: trained | rejected | error | timeout | offline | absent")
+    status: list[list[str]] = Field(
+        description="status[site][round]: trained | rejected | error | timeout | offline | absent"
+    )
 
 
 class Training(BaseModel):
@@ -143,7 +145,9 @@ class BlendTrial(BaseModel):
     label: str | None = Field(None, description="fedavg | uniform | warm_start | search")
     state: str = Field("complete", description="complete | fail")
     ratios: dict[str, float | None] = Field(description="site -> mixing ratio of this candidate")
-    params: dict[str, float | None] = Field(default_factory=dict, description="the searched parameters behind the ratios")
+    params: dict[str, float | None] = Field(
+        default_factory=dict, description="the searched parameters behind the ratios"
+    )
     values: list[float | None] = Field(default_factory=list, description="objective value(s), minimized")
     score: float | None = Field(None, description="the first objective value (lower is better)")
     gain: float | None = Field(None, description="paired gain over FedAvg on the objective")
@@ -177,7 +181,9 @@ class Synthesis(BaseModel):
     best_trial: int | None = None
     best_label: str | None = None
     fedavg_metrics: dict[str, float | None] = Field(default_factory=dict, description="FedAvg's validation scores")
-    best_metrics: dict[str, float | None] = Field(default_factory=dict, description="the best candidate's validation scores")
+    best_metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="the best candidate's validation scores"
+    )
     pareto_front: list[int] | None = None
     timing: dict[str, float | None] = Field(default_factory=dict)
     communication: dict[str, float | None] = Field(default_factory=dict)
@@ -198,7 +204,9 @@ class SiteData(BaseModel):
     heterogeneity: float | None = Field(None, description="Jensen-Shannon divergence (base 2) from the pooled labels")
     data_version: str | None = None
     min_cell: int | None = None
-    features: dict[str, dict[str, float | None]] = Field(default_factory=dict, description="feature -> mean/std/missing")
+    features: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="feature -> mean/std/missing"
+    )
 
 
 class DataView(BaseModel):

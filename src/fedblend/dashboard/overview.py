@@ -95,7 +95,11 @@ def _server_state(meta: dict[str, Any], status: str | None, pipe: Pipeline, fail
 
 def _rejection_counts(store: SqlRunStore) -> dict[str, int]:
     with store.engine.connect() as c:
-        q = select(t.events.c.site_id, func.count()).where(t.events.c.kind == "update_rejected").group_by(t.events.c.site_id)
+        q = (
+            select(t.events.c.site_id, func.count())
+            .where(t.events.c.kind == "update_rejected")
+            .group_by(t.events.c.site_id)
+        )
         return {str(sid): int(n) for sid, n in c.execute(q) if sid is not None}
 
 
@@ -104,7 +108,9 @@ def build_overview(source: StoreSource, *, offline_after_s: float = 60.0, n_even
     info = run_info(source, store)
     if store is None:
         pipe = pipeline_from_events([], 0, None)
-        return Overview(run=info, server_state="waiting for the run to start", pipeline=pipe, sites=[], recent_events=[])
+        return Overview(
+            run=info, server_state="waiting for the run to start", pipeline=pipe, sites=[], recent_events=[]
+        )
     meta = store.meta()
     events = latest_events(store, n_events)
     rounds = store.rounds()
@@ -132,7 +138,7 @@ def build_overview(source: StoreSource, *, offline_after_s: float = 60.0, n_even
             if e["kind"] == "round_started" and isinstance(payload, dict):
                 cur_sites |= {str(s) for s in payload.get("sites") or []}
             if str(e["kind"]).startswith("update_") and sid is not None:
-                cur_fail[sid] = str(e["kind"])[len("update_"):]
+                cur_fail[sid] = str(e["kind"])[len("update_") :]
     site_ids |= cur_sites
     # each site's latest committed involvement
     latest: dict[str, tuple[int, str]] = {}
@@ -179,7 +185,13 @@ def build_overview(source: StoreSource, *, offline_after_s: float = 60.0, n_even
             if info.status == "running":
                 if cur_round is not None:
                     if sid in cur_fail:
-                        state = "rejected" if cur_fail[sid] == "rejected" else "offline" if cur_fail[sid] in ("offline", "timeout") else state
+                        state = (
+                            "rejected"
+                            if cur_fail[sid] == "rejected"
+                            else "offline"
+                            if cur_fail[sid] in ("offline", "timeout")
+                            else state
+                        )
                     elif pipe.stage == "training" and sid in cur_sites:
                         state = "training"
                     elif pipe.stage == "evaluating":
@@ -216,4 +228,10 @@ def build_overview(source: StoreSource, *, offline_after_s: float = 60.0, n_even
             )
         )
     recent = [event_out(e) for e in events[-15:]][::-1]
-    return Overview(run=info, server_state=_server_state(meta, info.status, pipe, failed), pipeline=pipe, sites=cards, recent_events=recent)
+    return Overview(
+        run=info,
+        server_state=_server_state(meta, info.status, pipe, failed),
+        pipeline=pipe,
+        sites=cards,
+        recent_events=recent,
+    )

@@ -38,7 +38,9 @@ def _storage(url: str) -> Any:
 
     with _lock:
         if url not in _storages:
-            _storages[url] = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 10}} if url.startswith("sqlite") else {})
+            _storages[url] = RDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": 10}} if url.startswith("sqlite") else {}
+            )
         return _storages[url]
 
 
@@ -90,10 +92,17 @@ def _from_storage(url: str, names: list[str], meta: dict[str, Any], summary: dic
             counts[t.state] = counts.get(t.state, 0) + 1
         studies.append(
             Study(
-                name=name, directions=directions, metrics=_csv(meta.get("metrics")) or _csv(summary.get("metrics")),
+                name=name,
+                directions=directions,
+                metrics=_csv(meta.get("metrics")) or _csv(summary.get("metrics")),
                 searcher=None if meta.get("searcher") is None else str(meta["searcher"]),
-                budget=as_int(meta.get("n_trials")), counts=counts, trials=trials, best_trial=best_trial,
-                best_values=best_values, best_params=best_params, pareto_front=front,
+                budget=as_int(meta.get("n_trials")),
+                counts=counts,
+                trials=trials,
+                best_trial=best_trial,
+                best_values=best_values,
+                best_params=best_params,
+                pareto_front=front,
                 importances=_importances(summary),
             )
         )
@@ -116,26 +125,37 @@ def _from_summary(summary: dict[str, Any], meta: dict[str, Any]) -> list[Study]:
     for t in summary.get("trials") or []:
         if not isinstance(t, dict):
             continue
-        trials.append(SearchTrial(
-            number=as_int(t.get("number")) or 0, state=str(t.get("state", "?")),
-            values=[finite(v) for v in t.get("values") or []], params=clean(t.get("params") or {}),
-            duration_s=finite(t.get("duration_s")), rounds_done=as_int(t.get("rounds_done")),
-            fail_reason=None if t.get("fail_reason") is None else str(t["fail_reason"]),
-        ))
+        trials.append(
+            SearchTrial(
+                number=as_int(t.get("number")) or 0,
+                state=str(t.get("state", "?")),
+                values=[finite(v) for v in t.get("values") or []],
+                params=clean(t.get("params") or {}),
+                duration_s=finite(t.get("duration_s")),
+                rounds_done=as_int(t.get("rounds_done")),
+                fail_reason=None if t.get("fail_reason") is None else str(t["fail_reason"]),
+            )
+        )
     best = [b for b in summary.get("best") or [] if isinstance(b, dict)]
     directions = _csv(summary.get("directions")) or _csv(meta.get("directions")) or ["minimize"]
     single = len(directions) == 1
     counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}
-    return [Study(
-        name=str(summary.get("study_name") or meta.get("study_name") or "study"), directions=directions,
-        metrics=_csv(summary.get("metrics")) or _csv(meta.get("metrics")), searcher=summary.get("searcher"),
-        budget=as_int(meta.get("n_trials")), counts={str(k): int(v) for k, v in counts.items()}, trials=trials,
-        best_trial=as_int(best[0].get("number")) if single and best else None,
-        best_values=[finite(v) for v in best[0].get("values") or []] if single and best else [],
-        best_params=clean(best[0].get("params") or {}) if single and best else {},
-        pareto_front=[] if single else [as_int(b.get("number")) or 0 for b in best],
-        importances=_importances(summary),
-    )]
+    return [
+        Study(
+            name=str(summary.get("study_name") or meta.get("study_name") or "study"),
+            directions=directions,
+            metrics=_csv(summary.get("metrics")) or _csv(meta.get("metrics")),
+            searcher=summary.get("searcher"),
+            budget=as_int(meta.get("n_trials")),
+            counts={str(k): int(v) for k, v in counts.items()},
+            trials=trials,
+            best_trial=as_int(best[0].get("number")) if single and best else None,
+            best_values=[finite(v) for v in best[0].get("values") or []] if single and best else [],
+            best_params=clean(best[0].get("params") or {}) if single and best else {},
+            pareto_front=[] if single else [as_int(b.get("number")) or 0 for b in best],
+            importances=_importances(summary),
+        )
+    ]
 
 
 def _storage_url(run_dir: Path | None, meta: dict[str, Any]) -> str | None:
@@ -170,6 +190,11 @@ def build_search(source: StoreSource) -> Search:
             log.warning("search page: cannot read the Optuna storage: %s: %s", type(exc).__name__, exc)
     if summary:
         studies = _from_summary(summary, meta)
-        return Search(run=info, available=True, message=f"{len(studies[0].trials)} trial(s) (from tune.json)",
-                      source="tune.json", studies=studies)
+        return Search(
+            run=info,
+            available=True,
+            message=f"{len(studies[0].trials)} trial(s) (from tune.json)",
+            source="tune.json",
+            studies=studies,
+        )
     return Search(run=info, available=False, message="a search run, but its trials cannot be read yet", studies=[])

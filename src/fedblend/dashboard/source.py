@@ -37,7 +37,9 @@ class StoreSource:
         if isinstance(run_dir_or_store, str | Path):
             self.run_dir: Path | None = Path(run_dir_or_store)
             if self.run_dir.exists() and not self.run_dir.is_dir():
-                raise StoreError(f"dashboard: {self.run_dir} is a file; pass a run directory (the one holding {DB_NAME})")
+                raise StoreError(
+                    f"dashboard: {self.run_dir} is a file; pass a run directory (the one holding {DB_NAME})"
+                )
             self._store: SqlRunStore | None = None
         elif hasattr(run_dir_or_store, "rounds") and hasattr(run_dir_or_store, "events"):
             self._store = run_dir_or_store
@@ -78,7 +80,10 @@ class StoreSource:
             with store.engine.connect() as c:
                 last_event = c.execute(select(func.max(t.events.c.id))).scalar()
                 last_round = c.execute(select(func.max(t.rounds.c.round))).scalar()
-                meta = {r.key: r.value for r in c.execute(select(t.run_meta).where(t.run_meta.c.key.in_(("status", "updated_at"))))}
+                meta = {
+                    r.key: r.value
+                    for r in c.execute(select(t.run_meta).where(t.run_meta.c.key.in_(("status", "updated_at"))))
+                }
                 sites = tuple(tuple(r) for r in c.execute(select(t.sites).order_by(t.sites.c.site_id)))
                 n_stats = c.execute(select(func.count()).select_from(t.site_stats)).scalar()
         except OperationalError as exc:

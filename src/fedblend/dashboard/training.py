@@ -24,15 +24,23 @@ HIDDEN_METRICS = frozenset({"num_examples", "loss_sum", "correct", "diff_sum", "
 
 
 def _failure(rnd: int, f: dict[str, Any]) -> Failure:
-    return Failure(round=rnd, site_id=str(f.get("site_id", "?")), kind=str(f.get("kind", "error")), reason=str(f.get("reason", "")))
+    return Failure(
+        round=rnd, site_id=str(f.get("site_id", "?")), kind=str(f.get("kind", "error")), reason=str(f.get("reason", ""))
+    )
 
 
 def build_training(source: StoreSource) -> Training:
     store = source.get()
     info = run_info(source, store)
     if store is None:
-        return Training(run=info, rounds=[], global_metric_names=[], site_series=[],
-                        participation=Participation(sites=[], rounds=[], status=[]), rejected=[])
+        return Training(
+            run=info,
+            rounds=[],
+            global_metric_names=[],
+            site_series=[],
+            participation=Participation(sites=[], rounds=[], status=[]),
+            rejected=[],
+        )
     rows = store.rounds()
     rounds: list[RoundRow] = []
     names: set[str] = set()
@@ -61,7 +69,9 @@ def build_training(source: StoreSource) -> Training:
             acc.setdefault((kind, str(k), sid), {})[rnd] = finite(v)
     series = [
         Series(kind=kind, metric=metric, site_id=sid, rounds=sorted(vals), values=[vals[k] for k in sorted(vals)])
-        for (kind, metric, sid), vals in sorted(acc.items(), key=lambda kv: (kv[0][0] != "train", kv[0][0], metric_sort_key(kv[0][1]), kv[0][2]))
+        for (kind, metric, sid), vals in sorted(
+            acc.items(), key=lambda kv: (kv[0][0] != "train", kv[0][0], metric_sort_key(kv[0][1]), kv[0][2])
+        )
     ]
     # participation matrix
     for r in rounds:
@@ -92,15 +102,17 @@ def build_training(source: StoreSource) -> Training:
 
 
 def _uncommitted_failures(store: SqlRunStore, last_round: int) -> list[Failure]:
-    q = (
-        select(t.events)
-        .where(t.events.c.kind.like("update_%"), t.events.c.round > last_round)
-        .order_by(t.events.c.id)
-    )
+    q = select(t.events).where(t.events.c.kind.like("update_%"), t.events.c.round > last_round).order_by(t.events.c.id)
     out = []
     with store.engine.connect() as c:
         for e in c.execute(q):
             payload = e.payload if isinstance(e.payload, dict) else {}
-            out.append(Failure(round=int(e.round), site_id=str(e.site_id), kind=str(e.kind)[len("update_"):],
-                               reason=str(payload.get("reason", "")) + " (round in progress)"))
+            out.append(
+                Failure(
+                    round=int(e.round),
+                    site_id=str(e.site_id),
+                    kind=str(e.kind)[len("update_") :],
+                    reason=str(payload.get("reason", "")) + " (round in progress)",
+                )
+            )
     return out

@@ -21,7 +21,7 @@ from fedblend.hpo.spec import TuneSpec
 from fedblend.jobs import JobSpec, parse_job
 from fedblend.records import RoundResult
 
-__all__ = ["trial_job", "best_job", "FederatedObjective"]
+__all__ = ["trial_job", "best_job", "round_metrics", "FederatedObjective"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,16 @@ def best_job(base: JobSpec, values: Mapping[str, Any], *, name: str | None = Non
     raw["tune"] = None
     raw["name"] = name or f"{base.name}-best"[:100]
     return parse_job(raw, source="best configuration")
+
+
+def round_metrics(result: RoundResult) -> dict[str, float]:
+    """The round's global metrics and ``val_loss_mean_sites``: the mean over sites of each site's
+    validation loss (every hospital counts the same, as in a mean-of-sites accuracy)."""
+    out = dict(result.global_metrics)
+    val = [r for r in result.eval_reports if r.split == "val" and r.num_examples > 0]
+    if val:
+        out["val_loss_mean_sites"] = sum(r.loss for r in val) / len(val)
+    return out
 
 
 class FederatedObjective:
@@ -123,7 +133,7 @@ class FederatedObjective:
             state["rounds"] = result.round
             if self.on_round is not None:
                 self.on_round(trial.number, result)
-            v = result.global_metrics.get(primary)
+            v = round_metrics(result).get(primary)
             if v is None:
                 return
             values_by_round[result.round] = float(v)
@@ -156,7 +166,7 @@ class FederatedObjective:
         finally:
             trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("bytes", int(state["bytes"]))
-        final = fed.history[-1].global_metrics if fed.history else {}
+        final = round_metrics(fed.history[-1]) if fed.history else {}
         trial.set_user_attr("rounds_done", state["rounds"])
         trial.set_user_attr("val_metrics", {k: float(v) for k, v in final.items() if k.startswith("val_")})
         if not single:

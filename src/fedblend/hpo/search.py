@@ -53,8 +53,14 @@ def make_tune_sampler(spec: TuneSpec, seed: int, budget: int | None = None) -> A
     from fedblend.blend.searchers import make_sampler
 
     name = "random" if spec.searcher == "grid" else spec.searcher
+    options = dict(spec.sampler_options)
+    if name in ("cmaes", "gp"):
+        # categorical and conditional parameters are sampled independently by design: no warning per trial
+        options.setdefault("warn_independent_sampling", False)
+    if name == "tpe" and any(p.when for p in spec.space.values()):
+        options.setdefault("group", True)  # multivariate TPE over each conditional sub-space
     return make_sampler(name, seed, distributions(spec), budget=budget or spec.n_trials,
-                        two_objective=spec.multi_objective, options=spec.sampler_options)
+                        two_objective=spec.multi_objective, options=options)
 
 
 def grid_plan(spec: TuneSpec, seed: int) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ __all__ = [
 SEARCHERS = ("grid", "random", "tpe", "cmaes", "gp", "evolutionary")
 SINGLE_OBJECTIVE_ONLY = ("cmaes",)
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
-VAL_METRICS = ("val_loss", "val_acc", "val_acc_mean_sites", "val_acc_worst_site")
+VAL_METRICS = ("val_loss", "val_loss_mean_sites", "val_acc", "val_acc_mean_sites", "val_acc_worst_site")
 COST_METRICS = ("bytes",)  # 2 x model bytes x participants, summed over rounds
 _MAXIMIZE = ("val_acc", "val_acc_mean_sites", "val_acc_worst_site")
 

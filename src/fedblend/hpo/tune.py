@@ -138,13 +138,27 @@ def run_tune(
             on_progress(progress_snapshot(study, spec))
 
     progress()
-    if n == 1:
-        run_worker(job, spec, storage=storage, study_name=study.study_name, index=0, run_dir=rd,
-                   lock_dir=rd, lock_is_global=_lock_is_global(url), data_dir=data_dir, on_trial=progress)
-    else:
-        _run_processes(rd, n, data_dir, progress, poll_s)
+    try:
+        if n == 1:
+            run_worker(job, spec, storage=storage, study_name=study.study_name, index=0, run_dir=rd,
+                       lock_dir=rd, lock_is_global=_lock_is_global(url), data_dir=data_dir, on_trial=progress)
+        else:
+            _run_processes(rd, n, data_dir, progress, poll_s)
+    except BaseException:
+        _set_status(rd, "interrupted")
+        raise
     progress()
     return finalize(rd, job, spec, study, url)
+
+
+def _set_status(run_dir: Path, status: str) -> None:
+    from fedblend.store.sqlite import SqlRunStore
+
+    store = SqlRunStore(run_dir)
+    try:
+        store.set_status(status)
+    finally:
+        store.close()
 
 
 def _run_processes(run_dir: Path, n: int, data_dir: str | Path | None, progress: Callable[[], None], poll_s: float) -> None:

@@ -89,7 +89,7 @@ class _Worker:
 
 def _shutdown(workers: list[_Worker], force: bool = False) -> None:
     for w in workers:
-        if force and w.proc is not None and w.proc.pid is not None and w.proc.is_alive():
+        if (force or not w.ready) and w.proc is not None and w.proc.pid is not None and w.proc.is_alive():
             w.proc.terminate()
         elif w.conn is not None:
             try:

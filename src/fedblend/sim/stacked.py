@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedblend.sim.functional import StackedOptimizer
+from fedblend.sim.fused import FusedLinearSGD, NotFusable
 from fedblend.task.config import TrainConfig
 from fedblend.weights import Weights
 
@@ -88,6 +89,7 @@ class StackedTrainer:
 
         self._full: Callable[..., Any] = vmap(grad_and_value(mean_loss), in_dims=(0, None, 0, 0))
         self._masked: Callable[..., Any] = vmap(grad_and_value(masked_loss), in_dims=(0, None, 0, 0, 0))
+        self.fused = FusedLinearSGD(model, task, self.trainable)
 
     def train(self, weights: Weights, jobs: Sequence[ClientJob], cfg: TrainConfig) -> list[ClientResult]:
         """Train ``jobs`` from ``weights``; results in the order of ``jobs``."""
@@ -114,16 +116,27 @@ class StackedTrainer:
         anchor = [torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable]
         state = opt.init(plist, anchor if cfg.proximal_mu > 0 else None)
         losses = torch.zeros((c, s_max), dtype=torch.float32, device=dev)
+        fuse = self.fused.usable(settings)
+        mu = float(cfg.proximal_mu)
+        anchors = dict(zip(self.trainable, anchor, strict=True))
 
         for s in range(s_max):
             k = active[s]
             ps = params if k == c else {n: p[:k] for n, p in params.items()}
             it = idx_t[:k, s]
             xb, yb = x_all[it], y_all[it]
-            if full[s]:
+            wb = None if full[s] else mask_t[:k, s]
+            if fuse:
+                try:
+                    loss = self.fused.step(ps, frozen, xb, yb, wb, settings, mu, anchors)
+                    losses[:k, s] = loss.detach()
+                    continue
+                except NotFusable:  # decided once, on the first batch: this model takes the general path
+                    fuse = False
+            if wb is None:
                 grads, loss = self._full(ps, frozen, xb, yb)
             else:
-                grads, loss = self._masked(ps, frozen, xb, yb, mask_t[:k, s])
+                grads, loss = self._masked(ps, frozen, xb, yb, wb)
             opt.step(plist, [grads[n] for n in self.trainable], state, k)
             losses[:k, s] = loss.detach()
 

@@ -1,0 +1,177 @@
+"""Shared helpers for the simulation benchmarks: run a command while tracking the peak memory of
+its largest process (children included), prepare the MNIST workload files, score a model.
+
+Peak memory is the largest resident set size (RSS) any single process of the tree reached,
+sampled every ``poll_s`` seconds with psutil (a spike shorter than that can be missed), cross-checked
+with ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` for the direct child. The sum over the tree's
+processes at the same instant is reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MB = 2**20
+
+
+@dataclass
+class Measured:
+    rc: int
+    wall_s: float
+    stdout: str
+    stderr: str
+    peak_largest_mb: float  # the largest single process, at its peak
+    peak_total_mb: float  # the whole process tree, at its peak
+    largest_name: str = ""
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (t, largest MB)
+
+    def json_tail(self) -> dict[str, Any]:
+        """The JSON object on the last line of stdout."""
+        lines = [ln for ln in self.stdout.strip().splitlines() if ln.strip()]
+        if self.rc != 0 or not lines:
+            raise RuntimeError(f"command failed (exit {self.rc}):\n{self.stderr[-4000:]}\n{self.stdout[-2000:]}")
+        out: dict[str, Any] = json.loads(lines[-1])
+        return out
+
+
+def _tree_rss(root: Any) -> tuple[float, float, str]:
+    import psutil
+
+    largest, total, name = 0.0, 0.0, ""
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0.0, ""
+    for p in procs:
+        try:
+            rss = p.memory_info().rss / MB
+            if rss > largest:
+                largest, name = rss, p.name()
+            total += rss
+        except psutil.Error:
+            continue
+    return largest, total, name
+
+
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, poll_s: float = 0.05,
+                 timeout_s: float | None = None, cwd: Path | None = None) -> Measured:
+    """Run ``cmd``; return its output, wall time and peak memory (largest process / whole tree)."""
+    import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = {"largest": 0.0, "total": 0.0, "name": "", "samples": []}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            largest, total, name = _tree_rss(proc)
+            if largest > state["largest"]:
+                state["largest"], state["name"] = largest, name
+            state["total"] = max(state["total"], total)
+            state["samples"].append((time.perf_counter() - t0, largest))
+            stop.wait(poll_s)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        for child in proc.children(recursive=True):
+            child.kill()
+        proc.kill()
+        out, err = proc.communicate()
+    stop.set()
+    th.join()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    largest = max(state["largest"], (after / 1024) if after > before else 0.0)
+    return Measured(proc.returncode, wall, out, err, largest, state["total"], state["name"], state["samples"])
+
+
+def self_rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss / MB)
+
+
+def flower_python(explicit: str | None = None) -> str | None:
+    """An interpreter that can import flwr: --flower-python, $FEDBLEND_FLOWER_PYTHON, this one, or
+    the benchmark venv ``.venv/flower`` (see docs/benchmarks/sim.md for why it is separate)."""
+    candidates = [explicit, os.environ.get("FEDBLEND_FLOWER_PYTHON"), sys.executable, str(REPO / ".venv/flower/bin/python")]
+    for c in candidates:
+        if not c or not (Path(c).exists() or shutil.which(c)):
+            continue
+        ok = subprocess.run([c, "-c", "import flwr, ray, torch"], capture_output=True).returncode == 0
+        if ok:
+            return c
+    return None
+
+
+def prepare_mnist(workdir: Path, *, num_clients: int, per_client: int, seed: int, data_dir: str | None = None,
+                  partition: str = "iid") -> dict[str, Any]:
+    """Write the workload: ``train_x.npy`` (clients' examples in client order, float32 (N, 784) in
+    [0, 1]), ``train_y.npy``, ``test_x.npy``, ``test_y.npy``; client ``i`` owns rows
+    ``[i*per_client, (i+1)*per_client)``. ``iid``: a seeded permutation; ``shards``: McMahan's
+    label-sorted shards, two per client."""
+    sys.path.insert(0, str(REPO / "src"))
+    from fedblend.data.idx import load_idx_pair
+
+    train, test = load_idx_pair("mnist", data_dir)
+    n = num_clients * per_client
+    if n > len(train):
+        raise SystemExit(f"{num_clients} clients x {per_client} examples = {n} > {len(train)} MNIST training examples")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB5]))
+    if partition == "iid":
+        idx = rng.permutation(len(train))[:n]
+    else:  # shards: sort by label, cut into 2*num_clients shards, two random shards per client
+        order = np.argsort(train.y[: n], kind="stable")
+        shards = order.reshape(2 * num_clients, per_client // 2)
+        idx = shards[rng.permutation(2 * num_clients)].reshape(-1)
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(workdir / "train_x.npy", np.ascontiguousarray(train.x[idx].reshape(n, -1), dtype=np.float32))
+    np.save(workdir / "train_y.npy", train.y[idx].astype(np.int64))
+    np.save(workdir / "test_x.npy", np.ascontiguousarray(test.x.reshape(len(test), -1), dtype=np.float32))
+    np.save(workdir / "test_y.npy", test.y.astype(np.int64))
+    meta = {"num_clients": num_clients, "per_client": per_client, "seed": seed, "partition": partition}
+    (workdir / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def accuracy(weights_file: Path, workdir: Path) -> float:
+    """Test accuracy of the 2NN in ``weights_file`` (safetensors) on ``workdir``'s test set."""
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(REPO / "src"))
+    from fedblend.task.models import mlp_2nn
+
+    model = mlp_2nn()
+    model.load_state_dict(load_file(str(weights_file)))
+    x = torch.from_numpy(np.load(workdir / "test_x.npy"))
+    y = torch.from_numpy(np.load(workdir / "test_y.npy"))
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 2000]).argmax(1) for i in range(0, len(x), 2000)])
+    return float((pred == y).double().mean())
+
+
+def env_with_src(threads: int | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
