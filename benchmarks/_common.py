@@ -175,3 +175,61 @@ def env_with_src(threads: int | None = None) -> dict[str, str]:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run FedAvg on the workload in ``workdir`` in this process; per-round times and RSS.
+
+    ``cfg``: num_clients, per_client, clients_per_round, rounds, lr, batch_size, local_epochs, seed,
+    model ("mlp" | "cnn"), pool, device, threads. Sites hold views of one array (no copies). The
+    final weights go to ``workdir/fedblend_final.safetensors``.
+    """
+    import torch
+
+    from fedblend.data.base import ArraySplit, SiteData
+    from fedblend.engine.federation import Federation, Sampling
+    from fedblend.engine.site import SiteRunner
+    from fedblend.sim import make_pool
+    from fedblend.strategies import make_strategy
+    from fedblend.task import TorchTask
+    from fedblend.weights import Weights
+
+    t_boot = time.perf_counter()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    x = np.load(workdir / "train_x.npy")
+    y = np.load(workdir / "train_y.npy")
+    n = int(cfg["per_client"])
+    model = cfg.get("model", "mlp")
+    params = {"in_features": 784, "num_classes": 10} if model == "mlp" else {"num_classes": 10}
+    task = TorchTask(model, model_params=params, lr=cfg["lr"], batch_size=cfg["batch_size"], local_epochs=cfg["local_epochs"])
+    runners = []
+    for i in range(int(cfg["num_clients"])):
+        tr = ArraySplit(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])  # views, no copies
+        site = SiteData(f"c{i:04d}", tr, ArraySplit.empty_like(tr), ArraySplit.empty_like(tr))
+        runners.append(SiteRunner(site, task, num_classes=10))
+    pool = make_pool(cfg.get("pool", "auto"), runners, task=task, device=cfg.get("device", "auto"))
+    init_file = workdir / "initial.safetensors"
+    initial = Weights.from_bytes(init_file.read_bytes()) if init_file.exists() else task.init_weights(int(cfg["seed"]))
+    stamps: list[tuple[int, float]] = []
+    rss: list[float] = []
+
+    def on_round(result: Any) -> None:
+        stamps.append((result.round, time.perf_counter()))
+        rss.append(self_rss_mb())
+
+    fed = Federation(pool=pool, strategy=make_strategy("fedavg"), initial_weights=initial, rounds=int(cfg["rounds"]),
+                     seed=int(cfg["seed"]), sampling=Sampling(count=int(cfg["clients_per_round"])), eval_splits=(),
+                     callbacks=[on_round])
+    rss.append(self_rss_mb())
+    stamps.append((0, time.perf_counter()))
+    final = fed.run()
+    pool.close()
+    (workdir / "fedblend_final.safetensors").write_bytes(final.to_bytes())
+    return {"stamps": stamps, "rss_mb": rss, "startup_s": stamps[0][1] - t_boot, "pool": type(pool).__name__,
+            "data_mb": (x.nbytes + y.nbytes) / MB}
+
+
+def per_round_s(stamps: list[Any]) -> float:
+    """Mean seconds per round from (round, time) stamps, the first taken just before round 1."""
+    return float((stamps[-1][1] - stamps[0][1]) / max(1, stamps[-1][0] - stamps[0][0]))

@@ -40,23 +40,40 @@ FLAMBY = {"fedavg": 0.685, "best_single_hospital": 0.722, "pooled": 0.735}
 METRICS = ("test_loss", "test_acc", "test_acc_mean_sites", "test_acc_worst_site")
 
 
-def job_for(dataset: str, seed: int, alpha: float | None, val_fraction: float, blend: dict | None, data_dir: str | None) -> Any:
+def job_for(
+    dataset: str, seed: int, alpha: float | None, val_fraction: float, blend: dict | None, data_dir: str | None
+) -> Any:
     from fedblend.jobs import parse_job
 
     d: dict[str, Any] = {"val_fraction": val_fraction, **({"dir": data_dir} if data_dir else {})}
     if dataset == "heart":
         raw: dict[str, Any] = {
-            "rounds": 15, "data": {"dataset": "heart_disease", "partition": "natural", **d}, "model": {"name": "logreg"},
+            "rounds": 15,
+            "data": {"dataset": "heart_disease", "partition": "natural", **d},
+            "model": {"name": "logreg"},
             "train": {"optimizer": "sgd", "lr": 0.001, "batch_size": 4, "local_steps": 100, "loss": "bce"},
         }
     else:
         raw = {
-            "rounds": 20, "model": {"name": "mlp"},
-            "data": {"dataset": "mnist", "partition": "dirichlet", "alpha": alpha, "num_sites": 10, "examples_per_site": 1000, **d},
+            "rounds": 20,
+            "model": {"name": "mlp"},
+            "data": {
+                "dataset": "mnist",
+                "partition": "dirichlet",
+                "alpha": alpha,
+                "num_sites": 10,
+                "examples_per_site": 1000,
+                **d,
+            },
             "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "local_epochs": 1},
         }
-    raw.update(name=f"bench-{dataset}-{seed}", seed=seed, strategy={"name": "fedavg"},
-               eval={"every": 0, "splits": ["test"]}, pool={"kind": "sequential"})
+    raw.update(
+        name=f"bench-{dataset}-{seed}",
+        seed=seed,
+        strategy={"name": "fedavg"},
+        eval={"every": 0, "splits": ["test"]},
+        pool={"kind": "sequential"},
+    )
     if blend is not None:
         raw["blend"] = blend
     return parse_job(raw)
@@ -92,10 +109,14 @@ class EndProbe:
                 continue
             out = BlendSynthesizer(spec, self.seed).search(pool, current, merged, updates, round)
             rec = out.record
-            self.results[name] = {**test_metrics(pool, out.weights), "accepted": float(out.accepted),
-                                  "val_gain": rec["gain"], "models_sent": rec["communication"]["models_sent"],
-                                  "vs_round_downloads": rec["communication"]["vs_round_downloads"],
-                                  "search_s": rec["timing"]["total_s"]}
+            self.results[name] = {
+                **test_metrics(pool, out.weights),
+                "accepted": float(out.accepted),
+                "val_gain": rec["gain"],
+                "models_sent": rec["communication"]["models_sent"],
+                "vs_round_downloads": rec["communication"]["vs_round_downloads"],
+                "search_s": rec["timing"]["total_s"],
+            }
         return merged, None
 
 
@@ -140,7 +161,9 @@ def run_cell(dataset: str, alpha: float | None, seed: int, data_dir: str | None)
         "vs_round_downloads": float(np.mean([r["communication"]["vs_round_downloads"] for r in recs])),
         "search_s": float(np.mean([r["timing"]["total_s"] for r in recs])),
     }
-    return {k: {m: float(v) for m, v in d.items() if not m.endswith("_loss") or m == "test_loss"} for k, d in out.items()}
+    return {
+        k: {m: float(v) for m, v in d.items() if not m.endswith("_loss") or m == "test_loss"} for k, d in out.items()
+    }
 
 
 def paired(diffs: np.ndarray, seed: int = 0, n_boot: int = 10_000) -> tuple[float, float, float, float]:
@@ -173,8 +196,18 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], console: Any) ->
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    cols = ["method", "test log-loss", "pooled acc", "mean-site acc", "worst-site acc",
-            "Δ log-loss vs FedAvg [95% CI]", "Δ pooled acc", "Δ worst-site acc", "accepted", "extra downloads"]
+    cols = [
+        "method",
+        "test log-loss",
+        "pooled acc",
+        "mean-site acc",
+        "worst-site acc",
+        "Δ log-loss vs FedAvg [95% CI]",
+        "Δ pooled acc",
+        "Δ worst-site acc",
+        "accepted",
+        "extra downloads",
+    ]
     for c in cols:
         t.add_column(c, justify="left" if c == "method" else "right")
 
@@ -183,12 +216,18 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], console: Any) ->
         return f"{mean * scale:+.4f} ± {se * scale:.4f} [{lo * scale:+.4f}, {hi * scale:+.4f}]"
 
     for name, row in summary.items():
-        t.add_row(name, f"{row['test_loss']:.4f}", f"{row['test_acc']:.4f}", f"{row['test_acc_mean_sites']:.4f}",
-                  f"{row['test_acc_worst_site']:.4f}", "" if name == "fedavg" else d(row, "test_loss"),
-                  "" if name == "fedavg" else f"{row['d_test_acc'][0]:+.4f}",
-                  "" if name == "fedavg" else f"{row['d_test_acc_worst_site'][0]:+.4f}",
-                  f"{row['accepted']:.2f}" if "accepted" in row else "",
-                  f"{row['vs_round_downloads']:.0f}x round" if "vs_round_downloads" in row else "")
+        t.add_row(
+            name,
+            f"{row['test_loss']:.4f}",
+            f"{row['test_acc']:.4f}",
+            f"{row['test_acc_mean_sites']:.4f}",
+            f"{row['test_acc_worst_site']:.4f}",
+            "" if name == "fedavg" else d(row, "test_loss"),
+            "" if name == "fedavg" else f"{row['d_test_acc'][0]:+.4f}",
+            "" if name == "fedavg" else f"{row['d_test_acc_worst_site'][0]:+.4f}",
+            f"{row['accepted']:.2f}" if "accepted" in row else "",
+            f"{row['vs_round_downloads']:.0f}x round" if "vs_round_downloads" in row else "",
+        )
     console.print(t)
 
 
@@ -207,22 +246,31 @@ def main() -> None:
 
     console = Console(width=200)
     settings = ([("heart", None)] if args.dataset in ("heart", "all") else []) + (
-        [("mnist", a) for a in args.alphas] if args.dataset in ("mnist", "all") else [])
+        [("mnist", a) for a in args.alphas] if args.dataset in ("mnist", "all") else []
+    )
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.perf_counter()
     report: dict[str, Any] = {"seeds": seeds, "recipe": RECIPE, "settings": {}}
     with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=get_context("spawn")) as ex:
         for dataset, alpha in settings:
-            cells = list(ex.map(run_cell, [dataset] * len(seeds), [alpha] * len(seeds), seeds, [args.data_dir] * len(seeds)))
+            cells = list(
+                ex.map(run_cell, [dataset] * len(seeds), [alpha] * len(seeds), seeds, [args.data_dir] * len(seeds))
+            )
             key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
             summary = summarize(cells)
             report["settings"][key] = {"summary": summary, "per_seed": cells}
-            print_table(f"{key}: {len(seeds)} seeds, test metrics (differences paired by seed, vs FedAvg on train+val)", summary, console)
+            print_table(
+                f"{key}: {len(seeds)} seeds, test metrics (differences paired by seed, vs FedAvg on train+val)",
+                summary,
+                console,
+            )
             if dataset == "heart":
                 best = summary["tilt tpe (default)"]["test_acc_mean_sites"]
-                console.print(f"heart, mean-of-hospitals test accuracy: default blend {best:.4f}, every-round recipe "
-                              f"{summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
-                              f"best single hospital {FLAMBY['best_single_hospital']}, pooled-data ceiling {FLAMBY['pooled']}")
+                console.print(
+                    f"heart, mean-of-hospitals test accuracy: default blend {best:.4f}, every-round recipe "
+                    f"{summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
+                    f"best single hospital {FLAMBY['best_single_hospital']}, pooled-data ceiling {FLAMBY['pooled']}"
+                )
     console.print(f"{time.perf_counter() - t0:.0f} s in all")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
@@ -230,17 +278,21 @@ def main() -> None:
         key = "heart" if "heart" in report["settings"] else next(iter(report["settings"]))
         s = report["settings"][key]["summary"]
         acc = "test_acc_mean_sites"
-        print(json.dumps({
-            "setting": key,
-            "seeds": len(seeds),
-            "fedavg_acc": s["fedavg"][acc],
-            "uniform_acc": s["uniform"][acc],
-            "blend_acc": s["tilt tpe (default)"][acc],
-            "blend_vs_fedavg_logloss_ci": list(s["tilt tpe (default)"]["d_test_loss"][2:]),
-            "recipe_acc": s["every-round recipe"][acc],
-            "recipe_vs_fedavg_logloss_ci": list(s["every-round recipe"]["d_test_loss"][2:]),
-            "pooled_ceiling": FLAMBY["pooled"],
-        }))
+        print(
+            json.dumps(
+                {
+                    "setting": key,
+                    "seeds": len(seeds),
+                    "fedavg_acc": s["fedavg"][acc],
+                    "uniform_acc": s["uniform"][acc],
+                    "blend_acc": s["tilt tpe (default)"][acc],
+                    "blend_vs_fedavg_logloss_ci": list(s["tilt tpe (default)"]["d_test_loss"][2:]),
+                    "recipe_acc": s["every-round recipe"][acc],
+                    "recipe_vs_fedavg_logloss_ci": list(s["every-round recipe"]["d_test_loss"][2:]),
+                    "pooled_ceiling": FLAMBY["pooled"],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -22,53 +22,19 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, accuracy, env_with_src, flower_python, prepare_mnist, run_measured  # noqa: E402
-
-
-def fedblend_side(workdir: Path, cfg: dict) -> None:
-    """Child process: run the federation and print one JSON line."""
-    import numpy as np
-    import torch
-
-    from fedblend.data.base import ArraySplit, SiteData
-    from fedblend.engine.federation import Federation, Sampling
-    from fedblend.engine.site import SiteRunner
-    from fedblend.sim import make_pool
-    from fedblend.strategies import make_strategy
-    from fedblend.task import TorchTask
-    from fedblend.weights import Weights
-
-    t_boot = time.perf_counter()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    x = np.load(workdir / "train_x.npy")
-    y = np.load(workdir / "train_y.npy")
-    n = int(cfg["per_client"])
-    task = TorchTask("mlp", model_params={"in_features": 784, "num_classes": 10}, lr=cfg["lr"],
-                     batch_size=cfg["batch_size"], local_epochs=cfg["local_epochs"])
-    runners = []
-    for i in range(int(cfg["num_clients"])):
-        tr = ArraySplit(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])  # views, no copies
-        runners.append(SiteRunner(SiteData(f"c{i:03d}", tr, ArraySplit.empty_like(tr), ArraySplit.empty_like(tr)), task, num_classes=10))
-    pool = make_pool(cfg["pool"], runners, task=task, device=cfg["device"])
-    initial = Weights.from_bytes((workdir / "initial.safetensors").read_bytes())
-    stamps: list[tuple[int, float]] = []
-    fed = Federation(pool=pool, strategy=make_strategy("fedavg"), initial_weights=initial, rounds=int(cfg["rounds"]),
-                     seed=int(cfg["seed"]), sampling=Sampling(count=int(cfg["clients_per_round"])), eval_splits=(),
-                     callbacks=[lambda r: stamps.append((r.round, time.perf_counter()))])
-    stamps.append((0, time.perf_counter()))
-    final = fed.run()
-    pool.close()
-    (workdir / "fedblend_final.safetensors").write_bytes(final.to_bytes())
-    print(json.dumps({"stamps": stamps, "startup_s": stamps[0][1] - t_boot, "pool": type(pool).__name__}))
-
-
-def per_round(stamps: list) -> float:
-    return (stamps[-1][1] - stamps[0][1]) / max(1, stamps[-1][0] - stamps[0][0])
+from _common import (  # noqa: E402
+    REPO,
+    accuracy,
+    env_with_src,
+    federation_child,
+    flower_python,
+    per_round_s,
+    prepare_mnist,
+    run_measured,
+)
 
 
 def main() -> None:
@@ -94,7 +60,7 @@ def main() -> None:
     ap.add_argument("--cfg", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side == "fedblend":
-        fedblend_side(Path(args.workdir), json.loads(args.cfg))
+        print(json.dumps(federation_child(Path(args.workdir), json.loads(args.cfg))))
         return
 
     from rich.console import Console
@@ -119,7 +85,7 @@ def main() -> None:
                       env=env_with_src())
     fb_out = fb.json_tail()
     result = {
-        "fedblend_s_per_round": per_round(fb_out["stamps"]),
+        "fedblend_s_per_round": per_round_s(fb_out["stamps"]),
         "fedblend_peak_mb": fb.peak_largest_mb,
         "fedblend_acc": accuracy(workdir / "fedblend_final.safetensors", workdir),
         "fedblend_pool": fb_out["pool"],
@@ -138,7 +104,7 @@ def main() -> None:
                            "--num-cpus-per-client", str(args.flower_cpus_per_client)], env=env)
         fl_out = fl.json_tail()
         result.update({
-            "flower_s_per_round": per_round(fl_out["stamps"]),
+            "flower_s_per_round": per_round_s(fl_out["stamps"]),
             "flower_peak_mb": fl.peak_largest_mb,
             "flower_acc": accuracy(workdir / "flower_final.safetensors", workdir),
             "flower_startup_s": fl_out["stamps"][0][1] - fl_out["t0"],

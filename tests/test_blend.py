@@ -138,13 +138,23 @@ def test_warm_params_map_by_site_name():
 
 def test_blend_weights_matches_numpy():
     rng = np.random.default_rng(0)
-    models = {s: Weights({"body.w": rng.standard_normal((3, 2)).astype(np.float32), "head.w": rng.standard_normal(2).astype(np.float32),
-                          "steps": np.array(7, dtype=np.int64)}) for s in "xyz"}
+    models = {
+        s: Weights(
+            {
+                "body.w": rng.standard_normal((3, 2)).astype(np.float32),
+                "head.w": rng.standard_normal(2).astype(np.float32),
+                "steps": np.array(7, dtype=np.int64),
+            }
+        )
+        for s in "xyz"
+    }
     current = Weights({k: np.ones_like(v) for k, v in models["x"].items()})
     rb = {"x": 0.5, "y": 0.3, "z": 0.2}
     rh = {"x": 0.1, "y": 0.1, "z": 0.8}
     groups = {"body.w": "body", "head.w": "head", "steps": "body"}
-    out = blend_weights(models, Candidate({"body": rb, "head": rh}, gamma=0.5), reference=models["x"], current=current, groups=groups)
+    out = blend_weights(
+        models, Candidate({"body": rb, "head": rh}, gamma=0.5), reference=models["x"], current=current, groups=groups
+    )
     body = sum(rb[s] * models[s]["body.w"].astype(np.float64) for s in "xyz")
     head = sum(rh[s] * models[s]["head.w"].astype(np.float64) for s in "xyz")
     np.testing.assert_allclose(out["body.w"], 0.5 * 1 + 0.5 * body, rtol=1e-6)
@@ -157,7 +167,9 @@ def test_blend_weights_matches_numpy():
 
 def _report(site: str, cand_losses: np.ndarray, ref_losses: np.ndarray, correct: int = 0) -> EvalReport:
     d = cand_losses - ref_losses
-    return EvalReport(site, "val", len(d), float(cand_losses.sum()), float(correct), float(d.sum()), float((d * d).sum()))
+    return EvalReport(
+        site, "val", len(d), float(cand_losses.sum()), float(correct), float(d.sum()), float((d * d).sum())
+    )
 
 
 def test_paired_gains_match_per_example_reference():

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobs_util import heart_job
 
 from fedblend.blend import build_synthesizer
 from fedblend.engine.site import SiteRunner
@@ -21,6 +20,7 @@ from fedblend.runner import prepare
 from fedblend.sim.local import SequentialPool
 from fedblend.strategies import FedAvg
 from fedblend.weights import Weights
+from jobs_util import heart_job
 
 
 class SpySite:
@@ -41,7 +41,9 @@ class SpySite:
 
     def evaluate(self, weights: Weights, split: str, reference: Weights | None = None) -> EvalReport:
         out = self.inner.evaluate(weights, split, reference)
-        self.log.append({"site": self.site_id, "call": "evaluate", "received": (weights, split, reference), "sent": out})
+        self.log.append(
+            {"site": self.site_id, "call": "evaluate", "received": (weights, split, reference), "sent": out}
+        )
         return out
 
     def stats(self) -> Any:
@@ -65,8 +67,11 @@ def test_sites_see_only_blends_and_send_only_sums(tmp_path, space):
     log.clear()
 
     # the simplex space reaches the corners (one site alone) if nothing stops it: the floor must
-    synth = build_synthesizer({"space": space, "searcher": "random", "budget": 16, "batch_size": 4, "floor": floor,
-                               "tilt_range": 6.0}, seed=0, val_fraction=0.25)
+    synth = build_synthesizer(
+        {"space": space, "searcher": "random", "budget": 16, "batch_size": 4, "floor": floor, "tilt_range": 6.0},
+        seed=0,
+        val_fraction=0.25,
+    )
     _, rec = synth.synthesize(pool, initial, merged, updates, 1)  # type: ignore[arg-type]
 
     assert log and {e["call"] for e in log} == {"evaluate"}  # no training, no statistics

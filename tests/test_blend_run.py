@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from jobs_util import heart_job
 
 from fedblend.blend import study_from_record
 from fedblend.cli.main import main
 from fedblend.errors import ConfigError
 from fedblend.runner import run_job
 from fedblend.store import SqlRunStore
+from jobs_util import heart_job
 
 FAST_BLEND = {"budget": 6, "batch_size": 3, "searcher": "tpe"}
 
@@ -48,8 +48,14 @@ def test_heart_run_with_blend_at_the_end(tmp_path, capsys):
 
 
 def test_blend_every_round_warm_starts(tmp_path):
-    job = heart_job(tmp_path, **{"rounds": 3, "data.val_fraction": 0.2,
-                                 "blend": {**FAST_BLEND, "schedule": "every_round", "space": "power", "gamma": True}})
+    job = heart_job(
+        tmp_path,
+        **{
+            "rounds": 3,
+            "data.val_fraction": 0.2,
+            "blend": {**FAST_BLEND, "schedule": "every_round", "space": "power", "gamma": True},
+        },
+    )
     out = run_job(job, persist=False)
     recs = [r.blend for r in out.history]
     assert all(r is not None for r in recs)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import optuna
 import pytest
-from blend_util import ToyPool, toy
 
+from blend_util import ToyPool, toy
 from fedblend.blend import SEARCHERS, BlendSynthesizer, ServerValidation, make_sampler, study_from_record
 from fedblend.blend.searchers import grid_for
 from fedblend.errors import ConfigError
@@ -81,7 +81,7 @@ def test_no_real_gain_keeps_fedavg_bit_for_bit():
 
 def test_warm_start_from_previous_best():
     pool = toy()
-    synth, *_ , first = run(pool, searcher="tpe", budget=8)
+    synth, *_, first = run(pool, searcher="tpe", budget=8)
     _, _, _, second = run(pool, round=6, synth=synth)
     warm = second["trials"][2]
     assert warm["label"] == "warm_start"
@@ -105,8 +105,15 @@ def test_body_head_and_gamma_records():
     pool = toy()
     _, _, _, rec = run(pool, groups="body_head", head=["b"], gamma=True, gamma_range=[0.5, 1.5], budget=6)
     assert "chosen_head_ratios" in rec and "chosen_gamma" in rec
-    assert set(rec["trials"][3]["params"]) == {"body.s.site_0", "body.s.site_1", "body.s.site_2",
-                                                "head.s.site_0", "head.s.site_1", "head.s.site_2", "gamma"}
+    assert set(rec["trials"][3]["params"]) == {
+        "body.s.site_0",
+        "body.s.site_1",
+        "body.s.site_2",
+        "head.s.site_0",
+        "head.s.site_1",
+        "head.s.site_2",
+        "gamma",
+    }
 
 
 def test_a_site_failing_a_candidate_fails_only_that_trial():
@@ -169,7 +176,14 @@ def test_make_sampler_errors_and_grid():
     with pytest.raises(ConfigError, match="bad sampler option"):
         make_sampler("random", 0, options={"n_startup": 3})
     d = optuna.distributions
-    grid = grid_for({"x": d.FloatDistribution(-1, 1), "lr": d.FloatDistribution(1e-3, 1e-1, log=True),
-                     "n": d.IntDistribution(1, 3), "c": d.CategoricalDistribution(["a", "b"])}, 3)
+    grid = grid_for(
+        {
+            "x": d.FloatDistribution(-1, 1),
+            "lr": d.FloatDistribution(1e-3, 1e-1, log=True),
+            "n": d.IntDistribution(1, 3),
+            "c": d.CategoricalDistribution(["a", "b"]),
+        },
+        3,
+    )
     assert grid["x"] == [-1.0, 0.0, 1.0] and grid["lr"] == pytest.approx([1e-3, 1e-2, 1e-1])
     assert grid["n"] == [1, 2, 3] and grid["c"] == ["a", "b"]

@@ -471,10 +471,10 @@ def test_stream_reports_store_changes_and_waits_for_the_run(tmp_path: Path) -> N
         store.close()
 
 
-def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
+def fill_tune_run(run: Path) -> None:
+    """A tune run as fedblend.hpo writes it: run.db meta kind=tune, and tune.db with the Optuna study."""
     import optuna
 
-    run = tmp_path / "tune"
     store = SqlRunStore(run)
     store.set_meta(
         kind="tune",
@@ -484,8 +484,10 @@ def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
         directions="minimize",
         n_trials=4,
         searcher="random",
+        rounds=2,
         tune_storage=f"sqlite:///{run / 'tune.db'}",
     )
+    store.set_status("running")
     store.close()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="heart", storage=f"sqlite:///{run / 'tune.db'}")
@@ -501,6 +503,11 @@ def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
             t.report(1.0 / (step + i), step)
         t.set_user_attr("duration_s", 1.5)
         study.tell(t, 1.0 / (2 + i)) if i < 2 else study.tell(t, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
+    run = tmp_path / "tune"
+    fill_tune_run(run)
     with serve(create_app(run)) as base:
         s = get(base, "/api/search").json()
         page = get(base, "/search").text
@@ -511,6 +518,25 @@ def test_search_page_reads_the_optuna_study(tmp_path: Path) -> None:
     assert st["best_trial"] == 1 and st["best_values"] == [1 / 3] and st["counts"] == {"complete": 2, "pruned": 1}
     assert st["trials"][2]["steps"] == [1, 2] and st["trials"][0]["params"]["train.lr"] == 0.1
     assert 'id="search-trials-0"' in page and "train.lr" in page and 'data-chart="search-0-history"' in page
+    # without its Optuna storage, a finished search still shows the summary it wrote (tune.json)
+    (run / "tune.db").unlink()
+    store = SqlRunStore(run, create=False)
+    store.set_meta(tune_storage="postgresql://u:***@db/tune")  # a masked password: not reachable
+    summary = {
+        "study_name": "heart",
+        "metrics": ["val_loss"],
+        "directions": ["minimize"],
+        "counts": {"complete": 1},
+        "best": [{"number": 0, "values": [0.5], "params": {"train.lr": 0.1}}],
+        "importances": {"val_loss": {"train.lr": 1.0}},
+        "trials": [{"number": 0, "state": "complete", "values": [0.5], "params": {"train.lr": 0.1}}],
+    }
+    store.set_document("tune.json", json.dumps(summary))
+    store.close()
+    with serve(create_app(run)) as base:
+        s = get(base, "/api/search").json()
+    assert s["source"] == "tune.json" and s["studies"][0]["best_trial"] == 0
+    assert s["studies"][0]["importances"] == {"val_loss": {"train.lr": 1.0}}
 
 
 def test_cli_serves_a_run_directory(hand_run: Path) -> None:

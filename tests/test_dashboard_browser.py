@@ -30,7 +30,7 @@ from fedblend.runner import run_job
 from fedblend.store import SqlRunStore
 from fedblend.weights import Weights
 from jobs_util import heart_job
-from test_dashboard import ADMIN, VIEWER, fill_store, serve
+from test_dashboard import ADMIN, VIEWER, fill_store, fill_tune_run, serve
 
 pytestmark = pytest.mark.browser
 
@@ -40,9 +40,9 @@ PAGES = {"overview": "/", "training": "/training", "blend": "/blend", "data": "/
 WAIT_MS = 20_000
 
 
-def blend_job(tmp_path: Path, name: str, rounds: int, **blend: Any) -> JobSpec:
+def blend_job(tmp_path: Path, name: str, rounds: int, seed: int = 3, **blend: Any) -> JobSpec:
     raw = heart_job(tmp_path, **{"data.val_fraction": 0.2, "rounds": rounds}).model_dump(mode="python")
-    raw["name"] = name
+    raw["name"], raw["seed"] = name, seed
     raw["blend"] = {"budget": 12, "batch_size": 4, **blend}
     return parse_job(raw)
 
@@ -89,9 +89,11 @@ class DemoPool:
 
 @pytest.fixture(scope="module")
 def heart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished heart-disease run: 6 rounds, blends at rounds 3 and 6, va's round-2 update rejected."""
+    """A finished heart-disease run: 6 rounds, blends at rounds 3 and 6, va's round-2 update rejected.
+
+    Seed 1: the round-3 synthesis is not accepted and the round-6 one is, so the page shows both."""
     tmp = tmp_path_factory.mktemp("heart")
-    job = blend_job(tmp, "heart-blend", 6, schedule="every_n", every=3)
+    job = blend_job(tmp, "heart-blend", 6, seed=1, schedule="every_n", every=3)
 
     def hook(fed: Any) -> None:
         fed.pool = DemoPool(fed.pool, "va", 2)
@@ -114,18 +116,26 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page that records console errors and uncaught exceptions; none may occur."""
+@pytest.fixture(scope="module")
+def context(browser: Any) -> Iterator[Any]:
+    """One browser context for the module: its HTTP and code caches make later page loads fast."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: Any) -> Iterator[Any]:
+    """A fresh page (no cookies) that records console errors and uncaught exceptions; none may occur."""
+    context.clear_cookies()
+    pg = context.new_page()
     errors: list[str] = []
     pg.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     pg.set_default_timeout(WAIT_MS)
     pg.expected_errors = []  # a test that provokes an error on purpose names it here
     yield pg
-    ctx.close()
+    pg.close()
     unexpected = [e for e in errors if not any(x in e for x in pg.expected_errors)]
     assert not unexpected, "browser console errors:\n" + "\n".join(unexpected)
 
@@ -254,9 +264,30 @@ def test_every_page_shows_the_store(heart_run: Path, page: Any, tmp_path: Path) 
 
         open_page(page, base + PAGES["search"])
         assert text(page, "#search-message") == "No search in this run."
-        shot(page, "search", tmp_path)
+        shot(page, "search-empty", tmp_path)
         leave(page)
     store.close()
+
+
+def test_search_page_shows_the_study(tmp_path: Path, page: Any) -> None:
+    import optuna
+
+    fill_tune_run(tmp_path / "tune")
+    study = optuna.load_study(study_name="heart", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
+    with serve(create_app(tmp_path / "tune")) as base:
+        open_page(page, base + PAGES["search"])
+        rows = page.locator("#search-trials-0 tbody tr")
+        assert rows.count() == len(study.trials)
+        for t in study.trials:
+            row = page.locator(f'#search-trials-0 tr[data-trial="{t.number}"]')
+            assert row.locator('[data-field="values"]').text_content().strip().startswith(f"{t.value:.5f}")
+        assert page.locator("#search-trials-0 tr.best").get_attribute("data-trial") == str(study.best_trial.number)
+        history = chart(page, "search-0-history")
+        assert history[0]["y"] == [t.value for t in study.trials if t.state.name == "COMPLETE"]
+        curves = chart(page, "search-0-curves")
+        assert [c["y"] for c in curves] == [[t.intermediate_values[s] for s in (1, 2)] for t in study.trials]
+        shot(page, "search-study", tmp_path)
+        leave(page)
 
 
 def test_dashboard_follows_a_running_simulation(tmp_path: Path, page: Any) -> None:

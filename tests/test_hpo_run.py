@@ -151,3 +151,12 @@ def test_cli_tune_prints_trials_and_writes_the_best_job(tmp_path: Path, data_dir
         code = int(e.code or 0)
     _, err = capsys.readouterr()
     assert code == 2 and "tuning needs a validation split" in err
+
+
+def test_missing_data_fails_before_the_first_trial(tmp_path: Path) -> None:
+    from fedblend.errors import DataError
+
+    job = tiny_job(tmp_path, {"searcher": "random", "n_trials": 3, "space": {"train.lr": LR}})
+    with pytest.raises(DataError, match="FEDBLEND_DATA_DIR|data dir"):
+        run_tune(job, data_dir=tmp_path / "no-such-dir")
+    assert not (tmp_path / "runs" / "tune-test-tune" / "tune.db").exists()

@@ -41,7 +41,7 @@ searcher = "random"
 n_trials = {n}
 pruner = "none"
 heartbeat_interval = 1
-grace_period = 2
+grace_period = 6
 [tune.space]
 "train.lr" = {{ type = "float", low = 1e-3, high = 0.5, log = true }}
 "train.batch_size" = {{ type = "int", low = 2, high = 16 }}

@@ -38,20 +38,32 @@ class BlendSpec(BaseModel):
     gamma: bool = Field(default=False, description="also search a global shrink factor toward the current model")
     gamma_range: tuple[float, float] = Field(default=(0.5, 1.0), description="gamma in [lo, hi]; must hold 1")
     groups: Literal["single", "body_head"] = "single"
-    head: list[str] | None = Field(default=None, description="body_head: tensor-name prefixes of the head (default: the last layer)")
-    floor: float = Field(default=0.25, ge=0.0, lt=1.0, description="each site keeps at least floor/K of every candidate blend")
+    head: list[str] | None = Field(
+        default=None, description="body_head: tensor-name prefixes of the head (default: the last layer)"
+    )
+    floor: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="each site keeps at least floor/K of every candidate blend"
+    )
     # search
     searcher: Literal["tpe", "cmaes", "gp", "random", "grid", "evolutionary"] = "tpe"
-    budget: int = Field(default=24, ge=2, le=10_000, description="candidates per synthesis, FedAvg and uniform included")
-    batch_size: int = Field(default=4, ge=1, le=1000, description="candidates asked of the searcher and evaluated together")
+    budget: int = Field(
+        default=24, ge=2, le=10_000, description="candidates per synthesis, FedAvg and uniform included"
+    )
+    batch_size: int = Field(
+        default=4, ge=1, le=1000, description="candidates asked of the searcher and evaluated together"
+    )
     grid_points: int = Field(default=5, ge=2, le=101, description="grid searcher: values per parameter")
-    sampler_options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the Optuna sampler")
+    sampler_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for the Optuna sampler"
+    )
     warm_start: bool = True
     # signal and objective
     signal: Literal["federated", "server"] = "federated"
     objective: Literal["pooled", "balanced", "worst", "pooled+worst"] = "pooled"
     # acceptance test
-    margin: float = Field(default=0.001, ge=0.0, description="minimum paired gain in validation log-loss (nats per example)")
+    margin: float = Field(
+        default=0.001, ge=0.0, description="minimum paired gain in validation log-loss (nats per example)"
+    )
     k: float = Field(default=2.0, ge=0.0, description="the gain must also exceed k standard errors")
     # when
     schedule: Literal["end", "every_n", "every_round"] = "end"

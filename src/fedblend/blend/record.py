@@ -77,7 +77,9 @@ def study_from_record(record: Mapping[str, Any]) -> Any:
         dists = {k: json_to_distribution(json.dumps(v)) for k, v in record["space"]["distributions"].items()}
         trials = record["trials"]
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"not a blend record with a search (missing {exc}); skipped syntheses hold no study") from None
+        raise ConfigError(
+            f"not a blend record with a search (missing {exc}); skipped syntheses hold no study"
+        ) from None
     two = record.get("objective") == "pooled+worst"
     study = optuna.create_study(
         study_name=record.get("study_name"), directions=["minimize", "minimize"] if two else ["minimize"]

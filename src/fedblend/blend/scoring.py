@@ -38,7 +38,13 @@ class SiteScore:
     diff_var: float  # sample variance of the per-example difference
 
     def to_json(self) -> dict[str, float | int]:
-        return {"n": self.n, "loss": self.loss, "acc": self.acc, "fedavg_loss": self.ref_loss, "diff_mean": self.diff_mean}
+        return {
+            "n": self.n,
+            "loss": self.loss,
+            "acc": self.acc,
+            "fedavg_loss": self.ref_loss,
+            "diff_mean": self.diff_mean,
+        }
 
 
 def _var(n: int, s1: float, s2: float) -> float:

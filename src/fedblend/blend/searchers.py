@@ -77,7 +77,9 @@ def make_sampler(
     if key not in SEARCHERS:
         raise ConfigError(f"unknown searcher {name!r}; valid searchers: {', '.join(SEARCHERS)}")
     if two_objective and key in _SINGLE_OBJECTIVE:
-        raise ConfigError(f"searcher {key!r} optimizes one objective only; use one of tpe, gp, random, grid, evolutionary")
+        raise ConfigError(
+            f"searcher {key!r} optimizes one objective only; use one of tpe, gp, random, grid, evolutionary"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"searcher seed must be a non-negative int (got {seed!r})")
     opts = dict(options or {})

@@ -84,7 +84,12 @@ class ServerValidation:
         s = self.task.evaluate(weights, self.data, reference)
         return [
             EvalReport(
-                site_id=self.name, split=SEARCH_SPLIT, num_examples=s.num_examples, loss_sum=s.loss_sum,
-                correct=s.correct, diff_sum=s.diff_sum, diff_sq_sum=s.diff_sq_sum,
+                site_id=self.name,
+                split=SEARCH_SPLIT,
+                num_examples=s.num_examples,
+                loss_sum=s.loss_sum,
+                correct=s.correct,
+                diff_sum=s.diff_sum,
+                diff_sq_sum=s.diff_sq_sum,
             )
         ]

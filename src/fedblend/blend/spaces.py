@@ -105,7 +105,9 @@ class RatioSpace:
         if len(site_ids) != len(counts) or len(site_ids) < 1:
             raise ConfigError(f"ratio space: {len(site_ids)} site ids but {len(counts)} example counts")
         if any(c <= 0 for c in counts):
-            raise ConfigError(f"ratio space: every site needs a positive example count (got {dict(zip(site_ids, counts))})")
+            raise ConfigError(
+                f"ratio space: every site needs a positive example count (got {dict(zip(site_ids, counts, strict=True))})"
+            )
         self.site_ids = [str(s) for s in site_ids]
         self.counts = np.asarray(counts, dtype=np.float64)
         self.groups = list(groups)
@@ -160,13 +162,13 @@ class RatioSpace:
         return out
 
     def fedavg_ratios(self) -> dict[str, float]:
-        return dict(zip(self.site_ids, (self.counts / self.counts.sum()).tolist()))
+        return dict(zip(self.site_ids, (self.counts / self.counts.sum()).tolist(), strict=True))
 
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
         ratios = {}
         for g in self.groups:
             w = project_floor(self._weights(params, self._prefix(g)), self.floor)
-            ratios[g] = dict(zip(self.site_ids, w.tolist()))
+            ratios[g] = dict(zip(self.site_ids, w.tolist(), strict=True))
         gamma = float(params.get("gamma", 1.0)) if self.gamma_range is not None else 1.0
         return Candidate(ratios, gamma)
 
@@ -217,7 +219,7 @@ class TiltSpace(RatioSpace):
         return {self._key(p, s): 0.0 for s in self.site_ids}
 
     def _uniform(self, p: str) -> dict[str, float]:
-        return {self._key(p, s): float(v) for s, v in zip(self.site_ids, self._uniform_s)}
+        return {self._key(p, s): float(v) for s, v in zip(self.site_ids, self._uniform_s, strict=True)}
 
     def _extra(self) -> dict[str, Any]:
         return {"tilt_range": self.range, "tilt_range_requested": self.requested_range}
@@ -236,7 +238,7 @@ class SimplexSpace(RatioSpace):
 
     def _fedavg(self, p: str) -> dict[str, float]:
         share = self.counts / self.counts.max()
-        return {self._key(p, s): float(math.exp(-v)) for s, v in zip(self.site_ids, share)}
+        return {self._key(p, s): float(math.exp(-v)) for s, v in zip(self.site_ids, share, strict=True)}
 
     def _uniform(self, p: str) -> dict[str, float]:
         return {self._key(p, s): float(math.exp(-1.0)) for s in self.site_ids}
@@ -246,7 +248,9 @@ class PowerSpace(RatioSpace):
     kind = "power"
     letter = "tau"
 
-    def __init__(self, site_ids: Sequence[str], counts: Sequence[int], *, tau_range: tuple[float, float] = (-1.0, 2.0), **kw: Any) -> None:
+    def __init__(
+        self, site_ids: Sequence[str], counts: Sequence[int], *, tau_range: tuple[float, float] = (-1.0, 2.0), **kw: Any
+    ) -> None:
         super().__init__(site_ids, counts, **kw)
         self.tau_range = (float(tau_range[0]), float(tau_range[1]))
 

@@ -105,9 +105,14 @@ class BlendSynthesizer:
         s = self.spec
         groups = split_groups(list(merged), s.head) if s.groups == "body_head" else None
         space = make_space(
-            s.space, [u.site_id for u in updates], [u.num_examples for u in updates],
-            groups=tuple(groups) if groups else ("all",), gamma_range=tuple(s.gamma_range) if s.gamma else None,  # type: ignore[arg-type]
-            floor=s.floor, tilt_range=s.tilt_range, tau_range=tuple(s.tau_range),  # type: ignore[arg-type]
+            s.space,
+            [u.site_id for u in updates],
+            [u.num_examples for u in updates],
+            groups=tuple(groups) if groups else ("all",),
+            gamma_range=tuple(s.gamma_range) if s.gamma else None,  # type: ignore[arg-type]
+            floor=s.floor,
+            tilt_range=s.tilt_range,
+            tau_range=tuple(s.tau_range),  # type: ignore[arg-type]
         )
         return space, tensor_groups(merged, groups) if groups else None
 
@@ -135,21 +140,39 @@ class BlendSynthesizer:
         t0 = time.perf_counter()
         updates = [u for u in updates if u.num_examples > 0]
         base: dict[str, Any] = {
-            "version": RECORD_VERSION, "round": round, "searcher": s.searcher, "objective": s.objective,
-            "signal": self.signal.kind, "split": "val", "budget": s.budget, "margin": s.margin, "k": s.k,
+            "version": RECORD_VERSION,
+            "round": round,
+            "searcher": s.searcher,
+            "objective": s.objective,
+            "signal": self.signal.kind,
+            "split": "val",
+            "budget": s.budget,
+            "margin": s.margin,
+            "k": s.k,
             "schedule": s.schedule,
         }
         if len(updates) < s.min_sites:
-            rec = {**base, "decision": "skipped", "adopted": "fedavg",
-                   "reason": f"{len(updates)} site update(s); blending needs at least min_sites = {s.min_sites}"}
+            rec = {
+                **base,
+                "decision": "skipped",
+                "adopted": "fedavg",
+                "reason": f"{len(updates)} site update(s); blending needs at least min_sites = {s.min_sites}",
+            }
             self.history.append(rec)
             return BlendOutcome(merged, merged, False, rec)
         models = {u.site_id: u.weights for u in updates}
         space, groups = self._space(updates, merged)
         dists = space.distributions()
         seed = self._sampler_seed(round)
-        sampler = make_sampler(s.searcher, seed, dists, budget=s.budget, grid_points=s.grid_points,
-                               two_objective=s.two_objective, options=s.sampler_options)
+        sampler = make_sampler(
+            s.searcher,
+            seed,
+            dists,
+            budget=s.budget,
+            grid_points=s.grid_points,
+            two_objective=s.two_objective,
+            options=s.sampler_options,
+        )
         study = self._study(round, sampler)
         study.enqueue_trial(space.fedavg_params(), user_attrs={"label": "fedavg"})
         study.enqueue_trial(space.uniform_params(), user_attrs={"label": "uniform"})
@@ -171,8 +194,11 @@ class BlendSynthesizer:
             for trial in batch:
                 label = trial.user_attrs.get("label", "search")
                 cand = space.candidate(trial.params)
-                weights = merged if label == "fedavg" else blend_weights(
-                    models, cand, reference=merged, current=current, groups=groups)
+                weights = (
+                    merged
+                    if label == "fedavg"
+                    else blend_weights(models, cand, reference=merged, current=current, groups=groups)
+                )
                 te = time.perf_counter()
                 got = self.signal.evaluate(pool, weights, merged, eval_sites)
                 eval_s += time.perf_counter() - te
@@ -192,7 +218,9 @@ class BlendSynthesizer:
                 score = score_reports(reps)
                 scores[trial.number] = score
                 cands[trial.number] = cand
-                entries.append(trial_entry(trial.number, label, trial.params, cand, score, "complete", None, s.objective))
+                entries.append(
+                    trial_entry(trial.number, label, trial.params, cand, score, "complete", None, s.objective)
+                )
                 told.append((trial, None, score.values(s.objective)))
             for trial, state, values in told:
                 with warnings.catch_warnings():
@@ -202,7 +230,9 @@ class BlendSynthesizer:
                     else:
                         study.tell(trial, state=state)
         if 0 not in scores:
-            raise ConfigError("blend: the FedAvg reference (trial 0) could not be scored at any site; see the site errors")
+            raise ConfigError(
+                "blend: the FedAvg reference (trial 0) could not be scored at any site; see the site errors"
+            )
         best, front = self._choose(scores)
         ref = scores[0]
         gain, se = scores[best].gain(s.objective)
@@ -211,7 +241,11 @@ class BlendSynthesizer:
             ok, reason = False, "FedAvg itself scored best"
         else:
             ok, reason = accept(gain, se, s.margin, s.k)
-        best_weights = merged if best == 0 else blend_weights(models, cands[best], reference=merged, current=current, groups=groups)
+        best_weights = (
+            merged
+            if best == 0
+            else blend_weights(models, cands[best], reference=merged, current=current, groups=groups)
+        )
         adopted = best_weights if ok else merged
         if s.warm_start and best != 0:
             self.previous_best = {k: float(v) for k, v in study.trials[best].params.items()}
@@ -237,23 +271,43 @@ class BlendSynthesizer:
             "reason": reason,
             "gain": gain,
             "gain_se": se,
-            "fedavg": {"pooled_loss": ref.pooled_loss, "pooled_acc": ref.pooled_acc, "worst_loss": ref.worst_loss,
-                       "mean_site_acc": ref.mean_site_acc, "worst_site_acc": ref.worst_site_acc},
-            "best": {"pooled_loss": scores[best].pooled_loss, "pooled_acc": scores[best].pooled_acc,
-                     "worst_loss": scores[best].worst_loss, "mean_site_acc": scores[best].mean_site_acc,
-                     "worst_site_acc": scores[best].worst_site_acc},
+            "fedavg": {
+                "pooled_loss": ref.pooled_loss,
+                "pooled_acc": ref.pooled_acc,
+                "worst_loss": ref.worst_loss,
+                "mean_site_acc": ref.mean_site_acc,
+                "worst_site_acc": ref.worst_site_acc,
+            },
+            "best": {
+                "pooled_loss": scores[best].pooled_loss,
+                "pooled_acc": scores[best].pooled_acc,
+                "worst_loss": scores[best].worst_loss,
+                "mean_site_acc": scores[best].mean_site_acc,
+                "worst_site_acc": scores[best].worst_site_acc,
+            },
             "pareto_front": front,
             "warm_start": warm,
             "trials": entries,
             "timing": {"total_s": total_s, "evaluate_s": eval_s, "search_s": total_s - eval_s},
             "communication": {
-                "candidates": len(entries), "eval_sites": len(eval_sites), "models_sent": models_sent,
-                "bytes_sent": models_sent * merged.nbytes, "scalars_returned": models_sent * 5,
+                "candidates": len(entries),
+                "eval_sites": len(eval_sites),
+                "models_sent": models_sent,
+                "bytes_sent": models_sent * merged.nbytes,
+                "scalars_returned": models_sent * 5,
                 "vs_round_downloads": models_sent / max(len(updates), 1),
             },
         }
-        log.info("round %d blend: %s (best trial %d, gain %.4g ± %.3g, %d candidates, %.1f s)",
-                 round, rec["decision"], best, gain, se, len(entries), total_s)
+        log.info(
+            "round %d blend: %s (best trial %d, gain %.4g ± %.3g, %d candidates, %.1f s)",
+            round,
+            rec["decision"],
+            best,
+            gain,
+            se,
+            len(entries),
+            total_s,
+        )
         self.history.append(rec)
         return BlendOutcome(adopted, best_weights, ok, rec)
 

@@ -100,8 +100,13 @@ def _trial_table(rec: dict[str, Any], sites: list[str]) -> Table:
         if tr.get("state") != "complete":
             row += [f"failed: {tr.get('reason', '')}", "", "", "", ""]
         else:
-            row += [_f(tr.get("pooled_loss")), _f(tr.get("worst_loss")), _f(tr.get("pooled_acc")),
-                    _f(tr.get("worst_site_acc")), _pm(tr.get("gain"), tr.get("gain_se"))]
+            row += [
+                _f(tr.get("pooled_loss")),
+                _f(tr.get("worst_loss")),
+                _f(tr.get("pooled_acc")),
+                _f(tr.get("worst_site_acc")),
+                _pm(tr.get("gain"), tr.get("gain_se")),
+            ]
         if two:
             row.append("yes" if tr.get("number") in front else "")
         t.add_row(*row)

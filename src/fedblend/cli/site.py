@@ -138,6 +138,10 @@ def make_loader(data: Path | None) -> Any:
                 paths = [root / _BUILTIN_FILES.get(d.dataset, "")]
         site = fd.sites[name]
         task = build_task(job, fd)
+        # one tiny training step now, so the first round is not slowed by torch's first-use costs
+        # (every train call seeds itself: this changes no later result)
+        task.train(task.init_weights(job.seed), site.train.subset(slice(0, min(8, len(site.train)))),  # type: ignore[arg-type]
+                   {"local_steps": 1, "batch_size": 8}, 0)
         runner = SiteRunner(site, task, num_classes=fd.num_classes, feature_names=fd.feature_names, min_cell=d.min_cell)
         key = "|".join(str(p) for p in paths)
         man = manifests.setdefault(key, _Manifest(paths))

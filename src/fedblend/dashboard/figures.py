@@ -102,16 +102,19 @@ def parallel_coordinates(
 ) -> Fig:
     """Parallel coordinates drawn as SVG lines (Plotly scatter), one line per record.
 
-    ``dims``: {"label", "values", optional "range" [lo, hi], optional "ticktext" (categorical)};
-    each axis is scaled to [0, 1] over its range (default: the values' min and max) and labelled
-    with its ends. Plotly's own ``parcoords`` needs WebGL, which is slow or missing on machines
-    without a GPU; this draws the same picture with plain SVG.
+    ``dims``: {"label", "values", optional "range" [lo, hi], optional "ticktext" (categorical),
+    optional "log" (scale by log10)}; each axis is scaled to [0, 1] over its range (default: the
+    values' min and max) and labelled with its ends. Plotly's own ``parcoords`` needs WebGL, which
+    is slow or missing on machines without a GPU; this draws the same picture with plain SVG.
     """
     k = len(dims)
     scaled: list[list[float | None]] = []
     annotations: list[dict[str, Any]] = []
     for j, d in enumerate(dims):
         vals = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v) for v in d["values"]]
+        log = bool(d.get("log"))
+        if log:
+            vals = [None if v is None or v <= 0 else math.log10(v) for v in vals]
         finite_vals = [v for v in vals if v is not None]
         lo, hi = d.get("range") or ((min(finite_vals), max(finite_vals)) if finite_vals else (0.0, 1.0))
         span = (hi - lo) or 1.0
@@ -131,7 +134,7 @@ def parallel_coordinates(
                     }
                 )
         else:
-            for y, v in ((0.0, lo), (1.0, hi)):
+            for y, v in ((0.0, 10**lo if log else lo), (1.0, 10**hi if log else hi)):
                 annotations.append(
                     {
                         "x": j,

@@ -42,6 +42,7 @@ class RunInfo(BaseModel):
     label: str = Field(description="the run directory's name")
     present: bool = Field(description="false while the run directory holds no run.db yet")
     name: str | None = None
+    kind: str = Field("federation", description="federation | tune (a hyperparameter search)")
     status: str | None = Field(None, description="running | finished | interrupted | ...")
     round: int = Field(0, description="last committed round")
     rounds: int | None = Field(None, description="rounds planned")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedblend.dashboard.figures import OBJECTIVE_TITLES, Fig, layout, parallel_coordinates, round_axis
 from fedblend.dashboard.models import Blends, Search, Synthesis
 
@@ -120,13 +122,30 @@ def blend_charts(b: Blends) -> dict[str, Fig]:
 
 
 # -- search ------------------------------------------------------------------------------------
+def _param_dim(name: str, vals: list[Any]) -> dict[str, Any]:
+    """One axis of the search's parallel coordinates: numbers (log-scaled when they span decades) or categories."""
+    present = [v for v in vals if v is not None]
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        log = bool(present) and min(present) > 0 and max(present) / min(present) >= 100
+        return {"label": name + (" (log)" if log else ""), "values": vals, "log": log}
+    cats = sorted({str(v) for v in present})
+    return {
+        "label": name,
+        "values": [None if v is None else cats.index(str(v)) for v in vals],
+        "range": [0, max(1, len(cats) - 1)],
+        "ticktext": cats,
+    }
+
+
 def search_charts(se: Search) -> dict[str, Fig]:
     charts: dict[str, Fig] = {}
     for i, st in enumerate(se.studies):
         key = f"search-{i}"
         metric = st.metrics[0] if st.metrics else "objective"
         minimize = not st.directions or st.directions[0] == "minimize"
-        done = [t for t in st.trials if t.values and t.values[0] is not None]
+        scored = [t for t in st.trials if t.values and t.values[0] is not None]
+        done = [t for t in scored if t.state == "complete"]
+        stopped = [t for t in scored if t.state != "complete"]  # pruned: the value where it stopped
         best: list[float] = []
         for t in done:
             v = t.values[0]
@@ -137,10 +156,18 @@ def search_charts(se: Search) -> dict[str, Fig]:
                 {
                     "type": "scatter",
                     "mode": "markers",
-                    "name": "trial",
+                    "name": "complete",
                     "x": [t.number for t in done],
                     "y": [t.values[0] for t in done],
                     "marker": {"size": 8, "color": "#2563eb"},
+                },
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": "pruned (value when stopped)",
+                    "x": [t.number for t in stopped],
+                    "y": [t.values[0] for t in stopped],
+                    "marker": {"size": 8, "color": "#9ca3af", "symbol": "x"},
                 },
                 {
                     "type": "scatter",
@@ -153,23 +180,8 @@ def search_charts(se: Search) -> dict[str, Fig]:
             ],
             "layout": layout("trial", metric),
         }
-        names = sorted({k for t in done for k in t.params})
-        dims = []
-        for k in names:
-            vals = [t.params.get(k) for t in done]
-            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals if v is not None):
-                dims.append({"label": k, "values": vals})
-            else:
-                cats = sorted({str(v) for v in vals})
-                dims.append(
-                    {
-                        "label": k,
-                        "values": [cats.index(str(v)) for v in vals],
-                        "range": [0, max(1, len(cats) - 1)],
-                        "ticktext": cats,
-                    }
-                )
         if done:
+            dims = [_param_dim(k, [t.params.get(k) for t in done]) for k in sorted({k for t in done for k in t.params})]
             dims.append({"label": metric, "values": [t.values[0] for t in done]})
             marks = {i: "best" for i, t in enumerate(done) if t.number == st.best_trial}
             charts[f"{key}-parcoords"] = parallel_coordinates(

@@ -203,9 +203,13 @@ def build_overview(source: StoreSource, *, offline_after_s: float = 60.0, n_even
         if state not in ("online", "training", "evaluating", "idle", "offline", "rejected"):
             state = "unknown"
         progress = finite(row.get("progress"))
-        if progress is None and not reported and not (state == "training" and cur_round is not None):
-            done = latest.get(sid)
-            progress = 1.0 if done is not None and done[1] == "trained" else None
+        if progress is None and not reported:  # a simulation: done once its update is in
+            if cur_round is not None and info.status == "running":
+                trained = sid in cur_sites and sid not in cur_fail and pipe.stage != "training"
+                progress = 1.0 if trained else None
+            else:
+                done = latest.get(sid)
+                progress = 1.0 if done is not None and done[1] == "trained" else None
         sizes = [as_int(st.get(k)) for k in ("num_train", "num_val", "num_test")]
         num_rows = as_int(row.get("num_rows"))
         if num_rows is None and any(s is not None for s in sizes):

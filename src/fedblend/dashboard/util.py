@@ -64,6 +64,7 @@ def run_info(source: StoreSource, store: SqlRunStore | None) -> RunInfo:
         label=source.label,
         present=True,
         name=None if meta.get("name") is None else str(meta["name"]),
+        kind=str(meta.get("kind") or "federation"),
         status=None if meta.get("status") is None else str(meta["status"]),
         round=as_int(meta.get("last_round")) or store.last_round(),
         rounds=as_int(meta.get("rounds")),

@@ -83,8 +83,23 @@ def _record_meta(run_dir: Path, job: JobSpec, spec: TuneSpec, url: str, study_na
         store.close()
 
 
-def _setup(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume: bool, source: str) -> tuple[TuneSpec, str, Any, Any]:
+def preflight(job: JobSpec, data_dir: str | Path | None) -> None:
+    """Fail before the first trial when the data or model cannot work (not once per trial)."""
+    from fedblend.hpo.objective import trial_job
+    from fedblend.runner import prepare
+
+    prepared = prepare(trial_job(job, {}, name=f"{job.name}-preflight"[:100]), data_dir=data_dir)
+    empty = sorted(s.site_id for s in prepared.dataset.sites.values() if len(s.val) == 0)
+    if len(empty) == len(prepared.dataset.sites):
+        raise ConfigError("no site has validation examples; raise [data].val_fraction")
+    if empty:
+        log.warning("sites %s have no validation examples; they do not count in the trials' scores", empty)
+
+
+def _setup(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume: bool, source: str,
+           data_dir: str | Path | None = None) -> tuple[TuneSpec, str, Any, Any]:
     spec = tune_spec_for(job, source)
+    preflight(job, data_dir)
     if fresh:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
@@ -126,7 +141,8 @@ def run_tune(
 ) -> TuneOutcome:
     """Search ``job``'s ``[tune]`` space; returns the best configuration, importances and trials."""
     rd = tune_run_dir(job, run_dir)
-    spec, url, storage, study = _setup(job, rd, fresh=True, overwrite=overwrite, resume=resume, source=source)
+    spec, url, storage, study = _setup(job, rd, fresh=True, overwrite=overwrite, resume=resume, source=source,
+                                       data_dir=data_dir)
     n = workers if workers is not None else spec.workers
     if n < 1:
         raise ConfigError(f"--workers must be >= 1 (got {n})")
@@ -162,9 +178,7 @@ def _set_status(run_dir: Path, status: str) -> None:
 
 
 def _run_processes(run_dir: Path, n: int, data_dir: str | Path | None, progress: Callable[[], None], poll_s: float) -> None:
-    import fedblend
-
-    src = str(Path(fedblend.__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])  # the directory that holds the fedblend package
     env = dict(os.environ)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -214,7 +228,8 @@ def join(
     job = job_path if isinstance(job_path, JobSpec) else load_job(job_path)
     source = source or ("<job>" if isinstance(job_path, JobSpec) else str(job_path))
     rd = tune_run_dir(job, run_dir)
-    spec, url, storage, study = _setup(job, rd, fresh=False, overwrite=False, resume=True, source=source)
+    spec, url, storage, study = _setup(job, rd, fresh=False, overwrite=False, resume=True, source=source,
+                                       data_dir=data_dir)
     if index is None:
         # a worker joining from elsewhere: a distinct, recorded index from the host and process id
         import zlib

@@ -136,8 +136,15 @@ def run_worker(
                 release()
                 return objective(trial)
 
-            study.optimize(claimed, n_trials=1, catch=(FedblendError,), gc_after_trial=False,
-                           show_progress_bar=False)
+            try:
+                study.optimize(claimed, n_trials=1, catch=(FedblendError,), gc_after_trial=False,
+                               show_progress_bar=False)
+            except ValueError as exc:
+                if not str(exc).startswith("Cannot tell a"):
+                    raise
+                # another worker took our heartbeat for a dead one's and failed the trial (it is re-run)
+                log.warning("worker %d: a trial was marked failed while it ran (%s); its heartbeat came later "
+                            "than [tune].grace_period - raise it on a busy machine", index, exc)
         ran += 1
         if on_trial is not None:
             on_trial(study)
@@ -156,6 +163,9 @@ def _main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     if args.threads > 0:
         import torch
 

@@ -76,6 +76,7 @@ class SiteAgent:
     def run(self) -> int:
         beat = threading.Thread(target=self._beat_loop, name="fedblend-heartbeat", daemon=True)
         try:
+            self._check_validity()
             self._enroll()
             beat.start()
             return self._work_loop()
@@ -93,6 +94,20 @@ class SiteAgent:
                 beat.join(timeout=5)
             self.client.close()
             self.beat_client.close()
+
+    def _check_validity(self) -> None:
+        import datetime as dt
+
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(self.bundle.cert.encode())
+        now = dt.datetime.now(dt.timezone.utc)
+        if now > cert.not_valid_after_utc:
+            raise CertificateRejected(f"certificate rejected: this site's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                                      "ask the federation operator for a new site bundle")
+        if now < cert.not_valid_before_utc:
+            raise CertificateRejected(f"certificate rejected: this site's certificate is not valid before "
+                                      f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check this machine's clock)")
 
     def stop(self) -> None:
         self._stop.set()

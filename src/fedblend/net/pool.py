@@ -401,7 +401,9 @@ class DeploymentPool:
             weights = self._spool.finish(up)
         except WireError as exc:
             if exc.code == "rejected":
-                self._resolve(t, SiteFailure(site, t.round, exc.detail, kind="rejected"))
+                with self._cond:
+                    if t.result is None:
+                        self._resolve(t, SiteFailure(site, t.round, exc.detail, kind="rejected"))
                 exc.record = False  # the round loop records the rejected update against the site
             raise
         m = up.manifest

@@ -43,6 +43,7 @@ class FusedLinearSGD:
         self._mode: str | None = None  # None | "shape" | "probe"
         self._probe: dict[str, torch.Tensor] | None = None
         self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
+        self._zero_cache: dict[Any, dict[str, torch.Tensor]] = {}
         self._inputs: dict[str, torch.Tensor] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._calls: dict[str, int] = {}
@@ -111,8 +112,7 @@ class FusedLinearSGD:
         """One in-place SGD step for the clients in ``p`` (views of the stacked weights); returns their losses."""
         shapes = self._out_shapes(p, fz, x)
         k = x.shape[0]
-        dtype = next(iter(p.values())).dtype
-        z = {n: torch.zeros((k, *shapes[n]), dtype=dtype, device=x.device) for n in self.layers}
+        z = self._zeros(k, shapes, next(iter(p.values())).dtype, x.device)
         args = (z, p, fz, x, y) if w is None else (z, p, fz, x, y, w)
         if self.verified is None:
             self._verify(args, w)
@@ -135,6 +135,15 @@ class FusedLinearSGD:
                     if mu > 0:
                         b.add_(anchor[f"{name}.bias"], alpha=lr * mu)
         return loss
+
+    def _zeros(self, k: int, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """The (read-only) zero probes, allocated once per shape."""
+        key = (k, tuple(shapes.items()), dtype, device)
+        if key not in self._zero_cache:
+            if len(self._zero_cache) > 8:
+                self._zero_cache.clear()
+            self._zero_cache[key] = {n: torch.zeros((k, *shapes[n]), dtype=dtype, device=device) for n in self.layers}
+        return self._zero_cache[key]
 
     def _verify(self, args: tuple[Any, ...], w: torch.Tensor | None) -> None:
         """Fused gradients (delta^T x, sum delta) equal ordinary ones on this batch, or never fuse."""

@@ -247,7 +247,7 @@ class ProcessPool:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(waiting), timeout=left)
             if not ready:  # timed out: the slow workers are restarted next time
-                for conn, w in list(waiting.items()):
+                for w in list(waiting.values()):
                     answers[w.index] = self._broken(w, f"worker {w.index} did not answer within {self.timeout_s} s", "timeout", force=True)
                 break
             for conn in ready:

@@ -92,6 +92,7 @@ class VectorizedPool:
         device: str = "auto",
         chunk_size: int = 0,
         memory_mb: int = 1024,
+        warm_up: bool = True,
     ) -> None:
         if not runners:
             raise ConfigError("VectorizedPool needs at least one SiteRunner (got none)")
@@ -124,6 +125,8 @@ class VectorizedPool:
         self._eval_model: nn.Module | None = None
         self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._fits: set[tuple[str, str]] = set()
+        if warm_up:
+            self._warm_up()
 
     # -- SitePool -------------------------------------------------------------------------------
     def site_ids(self) -> list[str]:
@@ -203,6 +206,18 @@ class VectorizedPool:
         return [out[sid] for sid in site_ids]
 
     # -- helpers --------------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        """One step on one example, so that torch.func's first-use cost lands here, not in round 1."""
+        first = next(iter(self.runners.values()))
+        if len(first.site.train) == 0:
+            return
+        x, y = _tensors(first.site.train.subset(np.arange(1)), self.device)
+        job = ClientJob(first.site_id, x, y, [np.zeros(1, dtype=np.int64)])
+        try:
+            self.trainer.train(Weights.from_torch(self.model), [job], self.task.train_config())
+        except Exception:  # a site that cannot train fails in train(), with its reason
+            log.debug("vectorized warm-up failed", exc_info=True)
+
     def _check_weights(self, weights: Weights) -> None:
         if weights.spec() != self.spec:
             self.task.load(weights)  # raises TorchTask's ModelError naming the mismatch
