@@ -369,6 +369,19 @@ def test_pages_render_under_a_mount_prefix(hand_run: Path) -> None:
         assert "No search in this run" in get(base, "/dashboard/search").text
 
 
+def test_store_text_is_escaped_in_pages(tmp_path: Path) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    store = fill_store(tmp_path / "run", rounds=1, blend=False)
+    store.set_site_state(evil, state="online", data_version=evil)
+    store.record_event("update_rejected", round=1, site_id=evil, reason=f"</script>{evil}")
+    store.close()
+    with serve(create_app(tmp_path / "run")) as base:
+        for path in ("/", "/training", "/data"):
+            html = get(base, path).text
+            assert evil not in html and "</script><img" not in html, path
+        assert "&lt;img src=x onerror=alert(1)&gt;" in get(base, "/").text
+
+
 def test_auth_roles_tokens_and_login(hand_run: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     auth = DashboardAuth(viewer_tokens=[VIEWER], admin_tokens=[ADMIN])

@@ -194,3 +194,44 @@ def test_chunk_size_follows_the_memory_budget():
 def test_unknown_device_is_a_clear_error():
     with pytest.raises(ConfigError, match="device"):
         VectorizedPool(contract_runners(bad=False), device="tpu")
+
+
+class _LayerTwice(nn.Module):
+    """A linear layer applied twice: the fused path must notice and step aside."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 8)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mid(torch.relu(self.mid(torch.relu(self.inp(x)))))))
+
+
+class _TiedOutsideModule(nn.Module):
+    """A weight also used outside its module (tied): the fused gradients would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        return self.head(torch.nn.functional.linear(h, self.enc.weight))
+
+
+@pytest.mark.parametrize("model", [_LayerTwice, _TiedOutsideModule])
+def test_fused_path_steps_aside_for_models_it_cannot_handle(model):
+    task = TorchTask(model, lr=0.1, batch_size=4)
+    vec = _compare(task)
+    assert all(isinstance(u, SiteUpdate) for u in vec)
+
+
+def test_fused_path_is_taken_for_plain_sgd_mlps():
+    task = contract_task(lr=0.1, momentum=0.0)
+    runners = contract_runners(task, bad=False)
+    pool = VectorizedPool(runners, device="cpu")
+    pool.train(RoundPlan(1, ("s0", "s1")), task.init_weights(0))
+    assert pool.trainer.fused.ok and pool.trainer.fused.verified

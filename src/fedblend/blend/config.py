@@ -80,9 +80,9 @@ class BlendSpec(BaseModel):
                 "e.g. tau_range = [-1.0, 2.0]"
             )
         glo, ghi = self.gamma_range
-        if not 0.0 < glo <= 1.0 <= ghi <= 4.0 or glo == ghi:
+        if not 0.0 < glo <= 1.0 <= ghi <= 10.0 or glo == ghi:
             raise ValueError(
-                f"gamma_range must be [lo, hi] with 0 < lo <= 1 <= hi <= 4 and lo < hi (got {list(self.gamma_range)}); "
+                f"gamma_range must be [lo, hi] with 0 < lo <= 1 <= hi <= 10 and lo < hi (got {list(self.gamma_range)}); "
                 "gamma = 1 is the plain blend, e.g. gamma_range = [0.5, 1.0]"
             )
         if self.objective == "pooled+worst" and self.searcher == "cmaes":

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from fedblend.sim.functional import StackedOptimizer
 from fedblend.sim.fused import FusedLinearSGD, NotFusable
@@ -66,7 +66,12 @@ class ClientResult:
 
 
 class StackedTrainer:
-    """Trains clients of one model side by side; build once per (model, task), reuse every round."""
+    """Trains clients of one model side by side; build once per (model, task), reuse every round.
+
+    The forward pass is ``vmap``-ed over the client axis; the loss is computed outside ``vmap``
+    (per example, then per client) and differentiated with ordinary autograd: the clients'
+    losses are independent, so the gradient of their sum holds each client's own gradient.
+    """
 
     def __init__(self, model: nn.Module, task: Any, device: torch.device) -> None:
         self.model = model
@@ -74,22 +79,17 @@ class StackedTrainer:
         self.device = device
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        self._forward: Callable[..., Any] = vmap(
+            lambda p, fz, x: functional_call(model, (p, fz), (x,)), in_dims=(0, None, 0)
+        )
+        self.fused = FusedLinearSGD(model, self.trainable, self.client_loss)
 
-        def mean_loss(p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = functional_call(model, (p, fz), (x,))
-            loss: torch.Tensor = task.loss_fn(out, y)
-            return loss
-
-        def masked_loss(
-            p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-        ) -> torch.Tensor:
-            out = functional_call(model, (p, fz), (x,))
-            per: torch.Tensor = task.per_example_loss(out, y)
-            return (per * w).sum() / w.sum()
-
-        self._full: Callable[..., Any] = vmap(grad_and_value(mean_loss), in_dims=(0, None, 0, 0))
-        self._masked: Callable[..., Any] = vmap(grad_and_value(masked_loss), in_dims=(0, None, 0, 0, 0))
-        self.fused = FusedLinearSGD(model, task, self.trainable)
+    def client_loss(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """Each client's mean loss over its batch (over its real examples when ``w`` masks padding),
+        as ``TorchTask.loss_fn`` computes it."""
+        k, b = y.shape[0], y.shape[1]
+        per = self.task.per_example_loss(out.reshape(k * b, *out.shape[2:]), y.reshape(k * b)).view(k, b)
+        return per.mean(dim=1) if w is None else (per * w).sum(dim=1) / w.sum(dim=1)
 
     def train(self, weights: Weights, jobs: Sequence[ClientJob], cfg: TrainConfig) -> list[ClientResult]:
         """Train ``jobs`` from ``weights``; results in the order of ``jobs``."""
@@ -108,7 +108,8 @@ class StackedTrainer:
         mask_t = torch.from_numpy(mask).to(dev)
         active = [int((steps[order] > s).sum()) for s in range(s_max)]
 
-        params = {n: _stack(weights[n], c, dev) for n in self.trainable}
+        fuse = self.fused.usable(self.task.optimizer_settings(cfg))
+        params = {n: _stack(weights[n], c, dev).requires_grad_(not fuse) for n in self.trainable}
         frozen = {n: torch.from_numpy(np.array(weights[n])).to(dev) for n in self.frozen}
         plist = list(params.values())
         settings = self.task.optimizer_settings(cfg)
@@ -116,7 +117,6 @@ class StackedTrainer:
         anchor = [torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable]
         state = opt.init(plist, anchor if cfg.proximal_mu > 0 else None)
         losses = torch.zeros((c, s_max), dtype=torch.float32, device=dev)
-        fuse = self.fused.usable(settings)
         mu = float(cfg.proximal_mu)
         anchors = dict(zip(self.trainable, anchor, strict=True))
 
@@ -133,11 +133,11 @@ class StackedTrainer:
                     continue
                 except NotFusable:  # decided once, on the first batch: this model takes the general path
                     fuse = False
-            if wb is None:
-                grads, loss = self._full(ps, frozen, xb, yb)
-            else:
-                grads, loss = self._masked(ps, frozen, xb, yb, wb)
-            opt.step(plist, [grads[n] for n in self.trainable], state, k)
+                    for p in plist:
+                        p.requires_grad_(True)
+            loss = self.client_loss(self._forward(ps, frozen, xb), yb, wb)
+            grads = torch.autograd.grad(loss.sum(), [ps[n] for n in self.trainable])
+            opt.step(plist, list(grads), state, k)
             losses[:k, s] = loss.detach()
 
         loss_sums = losses.double().sum(dim=1).cpu().numpy()

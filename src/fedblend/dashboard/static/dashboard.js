@@ -84,8 +84,18 @@
     tickClocks();
   }
 
+  var MIN_GAP_MS = 800; // at most about one refresh per second, however often the store changes
+  var lastStart = 0;
+  var timer = null;
+
   function refresh() {
     if (state.refreshing) { state.pending = true; return; }
+    var wait = lastStart + MIN_GAP_MS - Date.now();
+    if (wait > 0) {
+      if (!timer) timer = setTimeout(function () { timer = null; refresh(); }, wait);
+      return;
+    }
+    lastStart = Date.now();
     state.refreshing = true;
     var url = location.pathname + "?partial=1";
     fetch(url, { credentials: "same-origin", cache: "no-store" }).then(function (resp) {
