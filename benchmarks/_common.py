@@ -66,8 +66,14 @@ def _tree_rss(root: Any) -> tuple[float, float, str]:
     return largest, total, name
 
 
-def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, poll_s: float = 0.05,
-                 timeout_s: float | None = None, cwd: Path | None = None) -> Measured:
+def run_measured(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    poll_s: float = 0.05,
+    timeout_s: float | None = None,
+    cwd: Path | None = None,
+) -> Measured:
     """Run ``cmd``; return its output, wall time and peak memory (largest process / whole tree)."""
     import psutil
 
@@ -112,7 +118,12 @@ def self_rss_mb() -> float:
 def flower_python(explicit: str | None = None) -> str | None:
     """An interpreter that can import flwr: --flower-python, $FEDBLEND_FLOWER_PYTHON, this one, or
     the benchmark venv ``.venv/flower`` (see docs/benchmarks/sim.md for why it is separate)."""
-    candidates = [explicit, os.environ.get("FEDBLEND_FLOWER_PYTHON"), sys.executable, str(REPO / ".venv/flower/bin/python")]
+    candidates = [
+        explicit,
+        os.environ.get("FEDBLEND_FLOWER_PYTHON"),
+        sys.executable,
+        str(REPO / ".venv/flower/bin/python"),
+    ]
     for c in candidates:
         if not c or not (Path(c).exists() or shutil.which(c)):
             continue
@@ -122,8 +133,9 @@ def flower_python(explicit: str | None = None) -> str | None:
     return None
 
 
-def prepare_mnist(workdir: Path, *, num_clients: int, per_client: int, seed: int, data_dir: str | None = None,
-                  partition: str = "iid") -> dict[str, Any]:
+def prepare_mnist(
+    workdir: Path, *, num_clients: int, per_client: int, seed: int, data_dir: str | None = None, partition: str = "iid"
+) -> dict[str, Any]:
     """Write the workload: ``train_x.npy`` (clients' examples in client order, float32 (N, 784) in
     [0, 1]), ``train_y.npy``, ``test_x.npy``, ``test_y.npy``; client ``i`` owns rows
     ``[i*per_client, (i+1)*per_client)``. ``iid``: a seeded permutation; ``shards``: McMahan's
@@ -139,7 +151,7 @@ def prepare_mnist(workdir: Path, *, num_clients: int, per_client: int, seed: int
     if partition == "iid":
         idx = rng.permutation(len(train))[:n]
     else:  # shards: sort by label, cut into 2*num_clients shards, two random shards per client
-        order = np.argsort(train.y[: n], kind="stable")
+        order = np.argsort(train.y[:n], kind="stable")
         shards = order.reshape(2 * num_clients, per_client // 2)
         idx = shards[rng.permutation(2 * num_clients)].reshape(-1)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +214,9 @@ def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     n = int(cfg["per_client"])
     model = cfg.get("model", "mlp")
     params = {"in_features": 784, "num_classes": 10} if model == "mlp" else {"num_classes": 10}
-    task = TorchTask(model, model_params=params, lr=cfg["lr"], batch_size=cfg["batch_size"], local_epochs=cfg["local_epochs"])
+    task = TorchTask(
+        model, model_params=params, lr=cfg["lr"], batch_size=cfg["batch_size"], local_epochs=cfg["local_epochs"]
+    )
     runners = []
     for i in range(int(cfg["num_clients"])):
         tr = ArraySplit(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])  # views, no copies
@@ -218,18 +232,38 @@ def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         stamps.append((result.round, time.perf_counter()))
         rss.append(self_rss_mb())
 
-    fed = Federation(pool=pool, strategy=make_strategy("fedavg"), initial_weights=initial, rounds=int(cfg["rounds"]),
-                     seed=int(cfg["seed"]), sampling=Sampling(count=int(cfg["clients_per_round"])), eval_splits=(),
-                     callbacks=[on_round])
+    fed = Federation(
+        pool=pool,
+        strategy=make_strategy("fedavg"),
+        initial_weights=initial,
+        rounds=int(cfg["rounds"]),
+        seed=int(cfg["seed"]),
+        sampling=Sampling(count=int(cfg["clients_per_round"])),
+        eval_splits=(),
+        callbacks=[on_round],
+    )
     rss.append(self_rss_mb())
     stamps.append((0, time.perf_counter()))
     final = fed.run()
     pool.close()
     (workdir / "fedblend_final.safetensors").write_bytes(final.to_bytes())
-    return {"stamps": stamps, "rss_mb": rss, "startup_s": stamps[0][1] - t_boot, "pool": type(pool).__name__,
-            "data_mb": (x.nbytes + y.nbytes) / MB}
+    return {
+        "stamps": stamps,
+        "rss_mb": rss,
+        "startup_s": stamps[0][1] - t_boot,
+        "pool": type(pool).__name__,
+        "data_mb": (x.nbytes + y.nbytes) / MB,
+    }
 
 
-def per_round_s(stamps: list[Any]) -> float:
-    """Mean seconds per round from (round, time) stamps, the first taken just before round 1."""
-    return float((stamps[-1][1] - stamps[0][1]) / max(1, stamps[-1][0] - stamps[0][0]))
+def per_round_s(stamps: list[Any], skip_first: bool = True) -> float:
+    """Mean seconds per round from (round, time) stamps, the first taken just before round 1.
+
+    ``skip_first``: measure from the end of round 1 (steady state; round 1 also pays lazy
+    start-up such as Ray's or torch's first-use costs), when there are at least two rounds."""
+    start = 1 if skip_first and len(stamps) > 2 else 0
+    return float((stamps[-1][1] - stamps[start][1]) / max(1, stamps[-1][0] - stamps[start][0]))
+
+
+def first_round_s(stamps: list[Any]) -> float:
+    return float(stamps[1][1] - stamps[0][1]) if len(stamps) > 1 else float("nan")

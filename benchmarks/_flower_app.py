@@ -75,10 +75,12 @@ def train(msg: Message, context: Context) -> Message:
             opt.step()
             total += float(loss)
             steps += 1
-    content = RecordDict({
-        "arrays": ArrayRecord(model.state_dict()),
-        "metrics": MetricRecord({"train_loss": total / max(1, steps), "num-examples": n}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"train_loss": total / max(1, steps), "num-examples": n}),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -98,8 +100,10 @@ def main(grid: Grid, context: Context) -> None:
         return None
 
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(CFG["rounds"]), evaluate_fn=mark)
-    save_file({k: v.contiguous() for k, v in result.arrays.to_torch_state_dict().items()},
-              str(WORKDIR / "flower_final.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in result.arrays.to_torch_state_dict().items()},
+        str(WORKDIR / "flower_final.safetensors"),
+    )
     (WORKDIR / "flower_stamps.json").write_text(json.dumps(stamps))
 
 

@@ -35,13 +35,20 @@ def job_for(setting: str, args: argparse.Namespace) -> object:
         data.update({"partition": "shards", "shards_per_site": 2, "shard_size": 300})
     if args.data_dir:
         data["dir"] = args.data_dir
-    return parse_job({
-        "name": f"fedavg-mnist-{setting}", "seed": args.seed, "rounds": args.max_rounds[setting],
-        "data": data, "model": {"name": "mlp"},
-        "train": {"optimizer": "sgd", "lr": args.lr, "batch_size": 10, "local_epochs": 1, "loss": "ce"},
-        "strategy": {"name": "fedavg"}, "sampling": {"fraction": 0.1},
-        "eval": {"every": 1, "splits": ["test"]}, "pool": {"kind": args.pool, "device": args.device},
-    })
+    return parse_job(
+        {
+            "name": f"fedavg-mnist-{setting}",
+            "seed": args.seed,
+            "rounds": args.max_rounds[setting],
+            "data": data,
+            "model": {"name": "mlp"},
+            "train": {"optimizer": "sgd", "lr": args.lr, "batch_size": 10, "local_epochs": 1, "loss": "ce"},
+            "strategy": {"name": "fedavg"},
+            "sampling": {"fraction": 0.1},
+            "eval": {"every": 1, "splits": ["test"]},
+            "pool": {"kind": args.pool, "device": args.device},
+        }
+    )
 
 
 def rounds_to_target(setting: str, args: argparse.Namespace, console: object) -> dict:
@@ -65,10 +72,18 @@ def rounds_to_target(setting: str, args: argparse.Namespace, console: object) ->
                 break
     finally:
         pool.close()
-    return {"setting": setting, "rounds_to_97": reached, "paper": PAPER[setting], "rounds_run": fed.round,
-            "best_acc": max(history), "final_acc": history[-1], "seconds": time.perf_counter() - t0,
-            "pool": type(pool).__name__, "lr": args.lr,
-            "ratio_to_paper": (reached / PAPER[setting]) if reached else None}
+    return {
+        "setting": setting,
+        "rounds_to_97": reached,
+        "paper": PAPER[setting],
+        "rounds_run": fed.round,
+        "best_acc": max(history),
+        "final_acc": history[-1],
+        "seconds": time.perf_counter() - t0,
+        "pool": type(pool).__name__,
+        "lr": args.lr,
+        "ratio_to_paper": (reached / PAPER[setting]) if reached else None,
+    }
 
 
 def main() -> None:
@@ -90,14 +105,22 @@ def main() -> None:
 
     console = Console(stderr=args.json, width=120)
     rows = [rounds_to_target(s, args, console) for s in (args.setting or ["iid", "noniid"])]
-    table = Table(title=f"FedAvg, MNIST 2NN, B=10 E=1 C=0.1, lr={args.lr}: rounds to {TARGET:.0%} test accuracy",
-                  title_justify="left")
+    table = Table(
+        title=f"FedAvg, MNIST 2NN, B=10 E=1 C=0.1, lr={args.lr}: rounds to {TARGET:.0%} test accuracy",
+        title_justify="left",
+    )
     for col in ("data", "fedblend", "paper", "ratio", "best accuracy", "rounds run", "seconds"):
         table.add_column(col, justify="left" if col == "data" else "right")
     for r in rows:
-        table.add_row(r["setting"], str(r["rounds_to_97"] or f"> {r['rounds_run']}"), str(r["paper"]),
-                      f"{r['ratio_to_paper']:.2f}" if r["ratio_to_paper"] else "-", f"{r['best_acc']:.4f}",
-                      str(r["rounds_run"]), f"{r['seconds']:.0f}")
+        table.add_row(
+            r["setting"],
+            str(r["rounds_to_97"] or f"> {r['rounds_run']}"),
+            str(r["paper"]),
+            f"{r['ratio_to_paper']:.2f}" if r["ratio_to_paper"] else "-",
+            f"{r['best_acc']:.4f}",
+            str(r["rounds_run"]),
+            f"{r['seconds']:.0f}",
+        )
     console.print(table)
     if args.json:
         print(json.dumps({"rows": rows}))

@@ -32,8 +32,17 @@ PER_CLIENT = 50
 
 
 def configs(sweep: str, rounds: int) -> list[dict]:
-    base = {"per_client": PER_CLIENT, "lr": 0.1, "batch_size": 10, "local_epochs": 1, "seed": 0, "model": "mlp",
-            "num_clients": 1000, "clients_per_round": 50, "rounds": rounds}
+    base = {
+        "per_client": PER_CLIENT,
+        "lr": 0.1,
+        "batch_size": 10,
+        "local_epochs": 1,
+        "seed": 0,
+        "model": "mlp",
+        "num_clients": 1000,
+        "clients_per_round": 50,
+        "rounds": rounds,
+    }
     if sweep == "clients":
         return [{**base, "clients_per_round": k} for k in (10, 50, 200, 1000)]
     if sweep == "model":
@@ -47,8 +56,12 @@ def configs(sweep: str, rounds: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="append", choices=["clients", "model", "total", "accept"],
-                    help="which sweep(s) to run (default: all)")
+    ap.add_argument(
+        "--sweep",
+        action="append",
+        choices=["clients", "model", "total", "accept"],
+        help="which sweep(s) to run (default: all)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pool", default="auto")
     ap.add_argument("--device", default="auto")
@@ -69,35 +82,74 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedblend-scaling-") as tmp:
         for total in sorted({c["num_clients"] for s in sweeps for c in configs(s, args.rounds)}):
-            prepare_mnist(Path(tmp) / str(total), num_clients=total, per_client=PER_CLIENT, seed=0, data_dir=args.data_dir)
+            prepare_mnist(
+                Path(tmp) / str(total), num_clients=total, per_client=PER_CLIENT, seed=0, data_dir=args.data_dir
+            )
         for sweep in sweeps:
             for cfg in configs(sweep, args.rounds):
                 cfg = {**cfg, "pool": args.pool, "device": args.device}
-                console.print(f"{sweep}: {cfg['model']}, {cfg['num_clients']} clients, {cfg['clients_per_round']}/round, "
-                              f"{cfg['rounds']} rounds ...")
+                console.print(
+                    f"{sweep}: {cfg['model']}, {cfg['num_clients']} clients, {cfg['clients_per_round']}/round, "
+                    f"{cfg['rounds']} rounds ..."
+                )
                 workdir = Path(tmp) / str(cfg["num_clients"])
-                m = run_measured([sys.executable, __file__, "--side", str(workdir), "--cfg", json.dumps(cfg)], env=env_with_src())
+                m = run_measured(
+                    [sys.executable, __file__, "--side", str(workdir), "--cfg", json.dumps(cfg)], env=env_with_src()
+                )
                 out = m.json_tail()
-                rows.append({
-                    "sweep": sweep, "model": cfg["model"], "num_clients": cfg["num_clients"],
-                    "clients_per_round": cfg["clients_per_round"], "rounds": cfg["rounds"], "pool": out["pool"],
-                    "s_per_round": per_round_s(out["stamps"]), "peak_mb": m.peak_largest_mb,
-                    "rss_after_round1_mb": out["rss_mb"][1], "rss_after_last_mb": out["rss_mb"][-1],
-                    "rss_per_round_mb": [round(r, 1) for r in out["rss_mb"]], "data_mb": out["data_mb"],
-                })
-    table = Table(title=f"fedblend simulation scaling (MNIST, clients of {PER_CLIENT} examples, FedAvg E=1 B=10)",
-                  title_justify="left")
-    for col in ("sweep", "model", "clients", "per round", "pool", "s / round", "peak MB", "RSS round 1", "RSS last", "data MB"):
+                rows.append(
+                    {
+                        "sweep": sweep,
+                        "model": cfg["model"],
+                        "num_clients": cfg["num_clients"],
+                        "clients_per_round": cfg["clients_per_round"],
+                        "rounds": cfg["rounds"],
+                        "pool": out["pool"],
+                        "s_per_round": per_round_s(out["stamps"]),
+                        "peak_mb": m.peak_largest_mb,
+                        "rss_after_round1_mb": out["rss_mb"][1],
+                        "rss_after_last_mb": out["rss_mb"][-1],
+                        "rss_per_round_mb": [round(r, 1) for r in out["rss_mb"]],
+                        "data_mb": out["data_mb"],
+                    }
+                )
+    table = Table(
+        title=f"fedblend simulation scaling (MNIST, clients of {PER_CLIENT} examples, FedAvg E=1 B=10)",
+        title_justify="left",
+    )
+    for col in (
+        "sweep",
+        "model",
+        "clients",
+        "per round",
+        "pool",
+        "s / round",
+        "peak MB",
+        "RSS round 1",
+        "RSS last",
+        "data MB",
+    ):
         table.add_column(col, justify="left" if col in ("sweep", "model", "pool") else "right")
     for r in rows:
-        table.add_row(r["sweep"], r["model"], str(r["num_clients"]), str(r["clients_per_round"]), r["pool"],
-                      f"{r['s_per_round']:.3f}", f"{r['peak_mb']:.0f}", f"{r['rss_after_round1_mb']:.0f}",
-                      f"{r['rss_after_last_mb']:.0f}", f"{r['data_mb']:.0f}")
+        table.add_row(
+            r["sweep"],
+            r["model"],
+            str(r["num_clients"]),
+            str(r["clients_per_round"]),
+            r["pool"],
+            f"{r['s_per_round']:.3f}",
+            f"{r['peak_mb']:.0f}",
+            f"{r['rss_after_round1_mb']:.0f}",
+            f"{r['rss_after_last_mb']:.0f}",
+            f"{r['data_mb']:.0f}",
+        )
     console.print(table)
     for r in rows:
         if r["sweep"] == "accept":
             growth = r["rss_after_last_mb"] - r["rss_after_round1_mb"]
-            console.print(f"acceptance: RSS after each round (MB) {r['rss_per_round_mb']}; growth after round 1: {growth:+.1f} MB")
+            console.print(
+                f"acceptance: RSS after each round (MB) {r['rss_per_round_mb']}; growth after round 1: {growth:+.1f} MB"
+            )
     if args.json:
         print(json.dumps({"rows": rows}))
 

@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export FEDBLEND_DATA_DIR=${FEDBLEND_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
+# five processes share this machine's cores: one torch thread each (idle OpenMP threads spin)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fedblend-deploy.XXXXXX")}
 FB() { "$PYTHON" -m fedblend "$@"; }
 HOSPITALS="cleveland hungary switzerland va"

@@ -28,7 +28,9 @@ class TestProcessPool(SitePoolContract):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')"
+)
 class TestRayPool(SitePoolContract):
     def make_pool(self, runners):
         from fedblend.sim.ray_pool import RayPool

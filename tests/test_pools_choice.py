@@ -58,8 +58,14 @@ def test_job_pool_section_reaches_make_pool(tmp_path):
     from fedblend.jobs import parse_job
     from fedblend.runner import build_pool, prepare
 
-    job = parse_job({"name": "p", "data": {"dataset": "heart_disease"}, "model": {"name": "logreg"},
-                     "pool": {"kind": "vectorized", "device": "cpu"}})
+    job = parse_job(
+        {
+            "name": "p",
+            "data": {"dataset": "heart_disease"},
+            "model": {"name": "logreg"},
+            "pool": {"kind": "vectorized", "device": "cpu"},
+        }
+    )
     prepared = prepare(job)
     pool = build_pool(job, prepared)
     assert isinstance(pool, VectorizedPool) and pool.site_ids() == list(prepared.dataset.sites)

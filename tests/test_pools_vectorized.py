@@ -65,7 +65,17 @@ def test_chunk_size_does_not_change_the_result():
 def test_binary_logreg_with_bce():
     task = TorchTask("logreg", model_params={"in_features": 12, "binary": True}, loss="bce", lr=0.1, batch_size=4)
     runners = contract_runners(task, bad=False)
-    binary = [SiteRunner(SiteData(r.site_id, *(ArraySplit(s.x, (s.y > 0).astype(np.int64)) for s in (r.site.train, r.site.val, r.site.test))), task, num_classes=2) for r in runners]
+    binary = [
+        SiteRunner(
+            SiteData(
+                r.site_id,
+                *(ArraySplit(s.x, (s.y > 0).astype(np.int64)) for s in (r.site.train, r.site.val, r.site.test)),
+            ),
+            task,
+            num_classes=2,
+        )
+        for r in runners
+    ]
     w0 = task.init_weights(0)
     plan = RoundPlan(1, tuple(r.site_id for r in binary), seed=4)
     vec = VectorizedPool(binary, device="cpu").train(plan, w0)
@@ -78,8 +88,10 @@ def test_cnn_equals_sequential():
     sites = []
     rng = np.random.default_rng(0)
     for i, n in enumerate((9, 14, 5)):
+
         def split(m):
             return ArraySplit(rng.normal(size=(m, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, m))
+
         sites.append(SiteRunner(SiteData(f"c{i}", split(n), split(3), split(4)), task, num_classes=3))
     w0 = task.init_weights(0)
     plan = RoundPlan(1, ("c0", "c1", "c2"), seed=1)

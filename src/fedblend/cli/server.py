@@ -74,10 +74,11 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
     from fedblend.net.config import parse_deploy
     from fedblend.net.coordinator import Coordinator
     from fedblend.net.pool import DeploymentPool
-    from fedblend.net.server import create_app, serve
+    from fedblend.net.server import create_app, serve, tune_malloc
     from fedblend.net.wire import Schema
     from fedblend.runner import build_federation
 
+    tune_malloc()
     job = load_with_overrides(job_path, sets)
     spec = parse_deploy(job.deploy, source=str(job_path))
     ca = CertificateAuthority(ca_dir)

@@ -136,6 +136,7 @@ class Coordinator:
                 continue
             try:
                 fed.run(until=fed.round + 1)
+                fed.history.clear()  # the store has the round; a long-lived server keeps no model per round
             except QuorumError as exc:
                 if self.stop_event.is_set():
                     return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from fedblend.net.wire import (
     WorkItem,
 )
 
-__all__ = ["create_app", "serve", "JSON_LIMIT_BYTES"]
+__all__ = ["create_app", "serve", "tune_malloc", "JSON_LIMIT_BYTES"]
 
 log = logging.getLogger(__name__)
 JSON_LIMIT_BYTES = 4 * 1024 * 1024
@@ -292,6 +293,25 @@ def create_app(pool: DeploymentPool, *, revocations: RevocationList, admin_token
         pool.record_rejection(ident.name if ident else None, "too_large", detail, f"{scope.get('method')} {scope.get('path')}")
 
     return _BodyLimit(app, pool.spec.chunk_bytes, _on_reject)
+
+
+def tune_malloc(mmap_threshold: int = 1 << 20, arenas: int = 4) -> bool:
+    """glibc only: buffers above ``mmap_threshold`` get their own mapping and go back to the OS when
+    freed, and at most ``arenas`` malloc arenas exist. Without this, the chunk-sized buffers of many
+    request threads pile up in per-thread arenas and the server's RSS creeps up round after round.
+    Call it once, early, in the server process; returns False where it does not apply."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_mmap_threshold, m_arena_max = -3, -8  # from malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(libc.mallopt(m_arena_max, int(arenas)))
+    except (OSError, AttributeError):
+        return False
 
 
 def serve(app: Any, *, host: str, port: int, cert: str, key: str, ca: str,

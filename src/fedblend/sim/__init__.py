@@ -86,7 +86,9 @@ def _picklable(task: Any) -> bool:
     return True
 
 
-def choose_pool(runners: Sequence[SiteRunner], task: Any = None, device: str = "auto", job: Any = None) -> tuple[str, str]:
+def choose_pool(
+    runners: Sequence[SiteRunner], task: Any = None, device: str = "auto", job: Any = None
+) -> tuple[str, str]:
     """The pool kind ``auto`` means for these sites, and why."""
     from fedblend.sim.vectorized import resolve_device, vmap_blocker
 
@@ -107,7 +109,13 @@ def choose_pool(runners: Sequence[SiteRunner], task: Any = None, device: str = "
 
 
 def make_pool(
-    kind: str, runners: Sequence[SiteRunner], *, task: Any = None, workers: int = 0, device: str = "auto", job: Any = None
+    kind: str,
+    runners: Sequence[SiteRunner],
+    *,
+    task: Any = None,
+    workers: int = 0,
+    device: str = "auto",
+    job: Any = None,
 ) -> Any:
     """The pool named ``kind``; ``auto`` picks the fastest one that can run this task (see the table above)."""
     if kind not in POOL_KINDS:

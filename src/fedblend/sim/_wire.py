@@ -25,7 +25,9 @@ def plan_to_dict(plan: RoundPlan, site_ids: Sequence[str]) -> dict[str, Any]:
 
 
 def plan_from_dict(d: dict[str, Any]) -> RoundPlan:
-    return RoundPlan(round=int(d["round"]), site_ids=tuple(d["site_ids"]), config=dict(d["config"]), seed=int(d["seed"]))
+    return RoundPlan(
+        round=int(d["round"]), site_ids=tuple(d["site_ids"]), config=dict(d["config"]), seed=int(d["seed"])
+    )
 
 
 def _failure(sid: str, round: int, exc: BaseException) -> dict[str, Any]:
@@ -50,17 +52,25 @@ class SiteHost:
                 if sid not in self.runners:
                     raise KeyError(f"site {sid!r} is not hosted by this worker")
                 u = self.runners[sid].fit(plan, weights)
-                out.append({
-                    "site_id": sid, "ok": True, "round": u.round, "weights": u.weights.to_bytes(),
-                    "num_examples": int(u.num_examples), "metrics": {k: float(v) for k, v in u.metrics.items()},
-                    "duration_s": float(u.duration_s),
-                })
+                out.append(
+                    {
+                        "site_id": sid,
+                        "ok": True,
+                        "round": u.round,
+                        "weights": u.weights.to_bytes(),
+                        "num_examples": int(u.num_examples),
+                        "metrics": {k: float(v) for k, v in u.metrics.items()},
+                        "duration_s": float(u.duration_s),
+                    }
+                )
             except Exception as exc:
                 log.exception("site %s failed in round %d", sid, plan.round)
                 out.append(_failure(sid, plan.round, exc))
         return out
 
-    def evaluate(self, weights_bytes: bytes, site_ids: Sequence[str], split: str, reference_bytes: bytes | None) -> list[dict[str, Any]]:
+    def evaluate(
+        self, weights_bytes: bytes, site_ids: Sequence[str], split: str, reference_bytes: bytes | None
+    ) -> list[dict[str, Any]]:
         try:
             weights = Weights.from_bytes(weights_bytes)
             reference = Weights.from_bytes(reference_bytes) if reference_bytes is not None else None
@@ -72,11 +82,18 @@ class SiteHost:
                 if sid not in self.runners:
                     raise KeyError(f"site {sid!r} is not hosted by this worker")
                 r = self.runners[sid].evaluate(weights, split, reference)
-                out.append({
-                    "site_id": sid, "ok": True, "split": r.split, "num_examples": int(r.num_examples),
-                    "loss_sum": float(r.loss_sum), "correct": float(r.correct),
-                    "diff_sum": float(r.diff_sum), "diff_sq_sum": float(r.diff_sq_sum),
-                })
+                out.append(
+                    {
+                        "site_id": sid,
+                        "ok": True,
+                        "split": r.split,
+                        "num_examples": int(r.num_examples),
+                        "loss_sum": float(r.loss_sum),
+                        "correct": float(r.correct),
+                        "diff_sum": float(r.diff_sum),
+                        "diff_sq_sum": float(r.diff_sq_sum),
+                    }
+                )
             except Exception as exc:
                 out.append(_failure(sid, 0, exc))
         return out
@@ -93,8 +110,12 @@ def decode_train(d: dict[str, Any]) -> SiteUpdate | SiteFailure:
     except Exception as exc:
         return SiteFailure(d["site_id"], int(d["round"]), f"undecodable weights from worker: {exc}")
     return SiteUpdate(
-        site_id=d["site_id"], round=int(d["round"]), weights=weights, num_examples=int(d["num_examples"]),
-        metrics=dict(d["metrics"]), duration_s=float(d["duration_s"]),
+        site_id=d["site_id"],
+        round=int(d["round"]),
+        weights=weights,
+        num_examples=int(d["num_examples"]),
+        metrics=dict(d["metrics"]),
+        duration_s=float(d["duration_s"]),
     )
 
 
@@ -102,8 +123,13 @@ def decode_eval(d: dict[str, Any]) -> EvalReport | SiteFailure:
     if not d.get("ok"):
         return SiteFailure(d["site_id"], int(d["round"]), str(d["reason"]), kind=str(d.get("kind", "error")))
     return EvalReport(
-        site_id=d["site_id"], split=d["split"], num_examples=int(d["num_examples"]), loss_sum=float(d["loss_sum"]),
-        correct=float(d["correct"]), diff_sum=float(d["diff_sum"]), diff_sq_sum=float(d["diff_sq_sum"]),
+        site_id=d["site_id"],
+        split=d["split"],
+        num_examples=int(d["num_examples"]),
+        loss_sum=float(d["loss_sum"]),
+        correct=float(d["correct"]),
+        diff_sum=float(d["diff_sum"]),
+        diff_sq_sum=float(d["diff_sq_sum"]),
     )
 
 

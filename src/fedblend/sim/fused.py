@@ -43,7 +43,9 @@ class FusedLinearSGD:
         self.model = model
         self.loss = loss  # (outputs (k, B, ...), labels (k, B), mask or None) -> per-client loss (k,)
         self.layers: dict[str, nn.Linear] = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        keys = {f"{n}.weight" for n in self.layers} | {f"{n}.bias" for n, m in self.layers.items() if m.bias is not None}
+        keys = {f"{n}.weight" for n in self.layers} | {
+            f"{n}.bias" for n, m in self.layers.items() if m.bias is not None
+        }
         self.ok = bool(self.layers) and keys == set(trainable)
         self.verified: bool | None = None
         self._mode: str | None = None  # None (hooks idle) | "shape" | "probe"
@@ -55,8 +57,9 @@ class FusedLinearSGD:
         self._zero_cache: dict[Any, dict[str, torch.Tensor]] = {}
         names = list(self.layers)
 
-        def forward(z: dict[str, torch.Tensor], p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor],
-                    x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        def forward(
+            z: dict[str, torch.Tensor], p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor
+        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
             self._mode, self._probe, self._inputs = "probe", z, {}
             try:
                 out = functional_call(model, (p, fz), (x,))
@@ -86,8 +89,17 @@ class FusedLinearSGD:
     def usable(self, settings: dict[str, Any]) -> bool:
         return self.ok and self.verified is not False and settings["name"] == "sgd" and settings["momentum"] == 0.0
 
-    def step(self, p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             w: torch.Tensor | None, settings: dict[str, Any], mu: float, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    def step(
+        self,
+        p: dict[str, torch.Tensor],
+        fz: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+        settings: dict[str, Any],
+        mu: float,
+        anchor: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         """One in-place SGD step for the clients in ``p`` (views of the stacked weights); their losses."""
         k = x.shape[0]
         z = self._zeros(k, self._out_shapes(p, fz, x), next(iter(p.values())).dtype, x.device)
@@ -118,8 +130,15 @@ class FusedLinearSGD:
                         b.add_(anchor[f"{name}.bias"], alpha=lr * mu)
         return loss
 
-    def _deltas(self, z: dict[str, torch.Tensor], p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor],
-                x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    def _deltas(
+        self,
+        z: dict[str, torch.Tensor],
+        p: dict[str, torch.Tensor],
+        fz: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """Per-client dL/d(out) of every layer, by ordinary autograd (the clients' losses are
         independent, so the gradient of their sum holds each client's own), the losses, and the
         layers' inputs."""
@@ -128,7 +147,9 @@ class FusedLinearSGD:
         deltas = torch.autograd.grad(loss.sum(), [z[n] for n in self.layers])
         return list(deltas), loss.detach(), [t.detach() for t in inputs]
 
-    def _out_shapes(self, p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    def _out_shapes(
+        self, p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> dict[str, tuple[int, ...]]:
         """Each layer's output shape for one client's batch (and a check that each layer runs once)."""
         key = tuple(x.shape[1:])
         if key in self._shape_cache:
@@ -145,7 +166,9 @@ class FusedLinearSGD:
         self._shape_cache[key] = dict(self._shapes)
         return self._shape_cache[key]
 
-    def _zeros(self, k: int, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    def _zeros(
+        self, k: int, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         """The zero probes (leaves that autograd differentiates against, never written), cached."""
         key = (k, tuple(shapes.items()), dtype, device)
         if key not in self._zero_cache:
@@ -156,8 +179,15 @@ class FusedLinearSGD:
             }
         return self._zero_cache[key]
 
-    def _verify(self, z: dict[str, torch.Tensor], p: dict[str, torch.Tensor], fz: dict[str, torch.Tensor],
-                x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> None:
+    def _verify(
+        self,
+        z: dict[str, torch.Tensor],
+        p: dict[str, torch.Tensor],
+        fz: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+    ) -> None:
         """Fused gradients (delta^T x, sum delta) equal ordinary ones on this batch, or never fuse."""
         n = min(2, x.shape[0])
         wn = w[:n] if w is not None else None

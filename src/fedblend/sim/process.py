@@ -205,8 +205,10 @@ class ProcessPool:
         parent, child = self._ctx.Pipe()
         share = None if self.recipe is not None else [self._runners[s] for s in w.sites]
         w.proc = self._ctx.Process(
-            target=_worker_main, args=(child, share, w.sites, self.recipe, self.threads),
-            name=f"fedblend-site-worker-{w.index}", daemon=True,
+            target=_worker_main,
+            args=(child, share, w.sites, self.recipe, self.threads),
+            name=f"fedblend-site-worker-{w.index}",
+            daemon=True,
         )
         w.proc.start()
         child.close()
@@ -248,7 +250,9 @@ class ProcessPool:
             ready = wait(list(waiting), timeout=left)
             if not ready:  # timed out: the slow workers are restarted next time
                 for w in list(waiting.values()):
-                    answers[w.index] = self._broken(w, f"worker {w.index} did not answer within {self.timeout_s} s", "timeout", force=True)
+                    answers[w.index] = self._broken(
+                        w, f"worker {w.index} did not answer within {self.timeout_s} s", "timeout", force=True
+                    )
                 break
             for conn in ready:
                 w = waiting.pop(conn)  # type: ignore[arg-type]
@@ -269,7 +273,9 @@ class ProcessPool:
         assert w.conn is not None
         try:
             if not w.conn.poll(self.start_timeout_s):
-                return self._broken(w, f"worker {w.index} did not start within {self.start_timeout_s} s", "timeout", force=True)
+                return self._broken(
+                    w, f"worker {w.index} did not start within {self.start_timeout_s} s", "timeout", force=True
+                )
             msg = w.conn.recv()
         except (EOFError, OSError):
             return self._broken(w, self._death(w))

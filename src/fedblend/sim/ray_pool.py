@@ -55,7 +55,9 @@ class _Host:
     def train(self, plan_d: dict[str, Any], weights: bytes) -> list[dict[str, Any]]:
         return self.host.train(plan_d, weights)
 
-    def evaluate(self, weights: bytes, site_ids: list[str], split: str, reference: bytes | None) -> list[dict[str, Any]]:
+    def evaluate(
+        self, weights: bytes, site_ids: list[str], split: str, reference: bytes | None
+    ) -> list[dict[str, Any]]:
         return self.host.evaluate(weights, site_ids, split, reference)
 
     def stats(self) -> list[dict[str, Any]]:

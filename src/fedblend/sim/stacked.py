@@ -144,9 +144,7 @@ class StackedTrainer:
         stacked = {n: p.detach().cpu().numpy() for n, p in params.items()}
         results: list[ClientResult | None] = [None] * c
         for pos, job_i in enumerate(order):
-            arrays = {
-                n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights
-            }
+            arrays = {n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights}
             n_steps = int(steps[job_i])
             mean = float(loss_sums[pos] / n_steps) if n_steps else math.nan
             results[job_i] = ClientResult(jobs[job_i].site_id, Weights(arrays), mean, n_steps)

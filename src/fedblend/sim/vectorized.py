@@ -8,8 +8,11 @@ within float tolerance. Evaluation scores one model on many sites in shared batc
 site. Memory is bounded by the chunk (weights, gradients, optimizer state and the chunk's data),
 never by the total number of sites or by the number of rounds.
 
-Works for models without buffers, dropout or recurrent layers (``vmap_blocker`` says why a model
-does not qualify); ``make_pool("auto", ...)`` falls back to another pool for those.
+Plain SGD on models made of ``nn.Linear`` layers (logistic regression, the 2NN) takes a fused
+path (``fedblend.sim.fused``) that updates the stacked weights with one GEMM per layer instead of
+gradient-then-update. Works for models without buffers, dropout or recurrent layers
+(``vmap_blocker`` says why a model does not qualify); ``make_pool("auto", ...)`` falls back to
+another pool for those. ``device="auto"`` uses the GPU when there is one.
 
     pool = VectorizedPool(runners, device="auto", chunk_size=128)
     updates = pool.train(plan, weights)
@@ -53,6 +56,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _default_memory_mb(device: torch.device) -> int:
+    """Working memory for one chunk of clients: 1 GiB on the CPU, a quarter of the free GPU memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(256, int(free / 4 / 2**20))
+    return 1024
+
+
 def vmap_blocker(task: Any) -> str | None:
     """Why ``task`` cannot be vectorized, or None when it can."""
     from fedblend.task.torch_task import TorchTask
@@ -91,7 +102,7 @@ class VectorizedPool:
         task: Any = None,
         device: str = "auto",
         chunk_size: int = 0,
-        memory_mb: int = 1024,
+        memory_mb: int | None = None,
         warm_up: bool = True,
     ) -> None:
         if not runners:
@@ -110,13 +121,17 @@ class VectorizedPool:
         if reason is not None:
             raise ConfigError(f"pool kind 'vectorized' cannot run this task: {reason}; use 'process' or 'sequential'")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
-            raise ConfigError(f"VectorizedPool: 'chunk_size' must be an integer >= 0, 0 for automatic (got {chunk_size!r})")
+            raise ConfigError(
+                f"VectorizedPool: 'chunk_size' must be an integer >= 0, 0 for automatic (got {chunk_size!r})"
+            )
         self.device = resolve_device(device)
-        self.memory_mb = int(memory_mb)
+        self.memory_mb = int(memory_mb) if memory_mb is not None else _default_memory_mb(self.device)
         with torch.random.fork_rng(devices=[]):
             self.model = self.task.build_model().to(self.device)
         self.model.train()
-        self.spec = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in self.model.state_dict().items()}
+        self.spec = {
+            k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in self.model.state_dict().items()
+        }
         n_params = sum(p.numel() for p in self.model.parameters())
         # weights, gradients, up to two optimizer buffers and temporaries: ~6 copies per client
         auto = max(1, int(self.memory_mb * 2**20 // max(1, n_params * 4 * 6)))
@@ -159,7 +174,12 @@ class VectorizedPool:
             try:
                 results = self.trainer.train(weights, chunk, cfg)
             except Exception:  # isolate the failing site(s): run this chunk site by site
-                log.warning("round %d: vectorized chunk failed; retrying its %d sites one by one", plan.round, len(chunk), exc_info=True)
+                log.warning(
+                    "round %d: vectorized chunk failed; retrying its %d sites one by one",
+                    plan.round,
+                    len(chunk),
+                    exc_info=True,
+                )
                 for j in chunk:
                     done[j.site_id] = self._fit_one(j.site_id, plan, weights)
                 continue
@@ -167,8 +187,12 @@ class VectorizedPool:
             for r in results:
                 n = len(self.runners[r.site_id].site.train)
                 done[r.site_id] = SiteUpdate(
-                    site_id=r.site_id, round=plan.round, weights=r.weights, num_examples=n,
-                    metrics={"train_loss": r.train_loss, "steps": r.steps}, duration_s=per_site,
+                    site_id=r.site_id,
+                    round=plan.round,
+                    weights=r.weights,
+                    num_examples=n,
+                    metrics={"train_loss": r.train_loss, "steps": r.steps},
+                    duration_s=per_site,
                 )
         return [done[sid] for sid in plan.site_ids]
 
@@ -199,7 +223,11 @@ class VectorizedPool:
             for i, sid in enumerate(ok):
                 d = (losses[i] - ref[i]) if ref is not None else None
                 out[sid] = EvalReport(
-                    sid, split, int(len(losses[i])), float(losses[i].sum()), float(correct[i]),
+                    sid,
+                    split,
+                    int(len(losses[i])),
+                    float(losses[i].sum()),
+                    float(correct[i]),
                     diff_sum=float(d.sum()) if d is not None else 0.0,
                     diff_sq_sum=float((d * d).sum()) if d is not None else 0.0,
                 )
@@ -306,4 +334,3 @@ class VectorizedPool:
                 size += len(ys)
         flush()
         return [torch.cat(parts).numpy() if parts else np.zeros(0) for parts in losses], correct
-

@@ -46,7 +46,9 @@ def contract_task(**params: Any) -> TorchTask:
     return TorchTask("mlp", model_params={"in_features": FEATURES, "hidden": 8, "num_classes": CLASSES}, **kw)
 
 
-def synthetic_site(site_id: str, n_train: int, seed: int, *, n_val: int = 5, n_test: int = 9, label_shift: int = 0) -> SiteData:
+def synthetic_site(
+    site_id: str, n_train: int, seed: int, *, n_val: int = 5, n_test: int = 9, label_shift: int = 0
+) -> SiteData:
     """A site whose label depends on its features (so training has something to learn)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, *site_id.encode()]))
     proj = np.random.default_rng(1234).normal(size=(FEATURES, CLASSES))
@@ -59,7 +61,9 @@ def synthetic_site(site_id: str, n_train: int, seed: int, *, n_val: int = 5, n_t
     return SiteData(site_id, split(n_train), split(n_val), split(n_test))
 
 
-def contract_runners(task: Any = None, *, sizes: Sequence[int] = SIZES, bad: bool = True, seed: int = 0) -> list[SiteRunner]:
+def contract_runners(
+    task: Any = None, *, sizes: Sequence[int] = SIZES, bad: bool = True, seed: int = 0
+) -> list[SiteRunner]:
     """``s0..s5`` with ``sizes`` training examples, and ``bad`` (labels out of the model's range)."""
     task = task if task is not None else contract_task()
     sites = [synthetic_site(f"s{i}", n, seed) for i, n in enumerate(sizes)]
@@ -195,8 +199,9 @@ class SitePoolContract:
 
     def test_federation_gives_the_sequential_model(self) -> None:
         def run(pool: Any) -> Weights:
-            fed = Federation(pool=pool, strategy=make_strategy("fedavg"), initial_weights=self.w0, rounds=2, seed=3,
-                             eval_every=0)
+            fed = Federation(
+                pool=pool, strategy=make_strategy("fedavg"), initial_weights=self.w0, rounds=2, seed=3, eval_every=0
+            )
             return fed.run()
 
         self.assert_close(run(self.pool), run(self.reference), "global model after 2 rounds")
