@@ -74,7 +74,11 @@ def run_measured(
     timeout_s: float | None = None,
     cwd: Path | None = None,
 ) -> Measured:
-    """Run ``cmd``; return its output, wall time and peak memory (largest process / whole tree)."""
+    """Run ``cmd``; return its output, wall time and peak memory (largest process / whole tree).
+
+    Every process of the tree is kept at this process's scheduling priority (``nice``): some
+    launchers (Ray's raylet) reset their workers to 0, which would skew a run started with
+    ``nice -n -10`` on a busy machine."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -83,8 +87,11 @@ def run_measured(
     state = {"largest": 0.0, "total": 0.0, "name": "", "samples": []}
     stop = threading.Event()
 
+    niceness = os.nice(0)
+
     def poll() -> None:
         while not stop.is_set():
+            _same_priority(proc, niceness)
             largest, total, name = _tree_rss(proc)
             if largest > state["largest"]:
                 state["largest"], state["name"] = largest, name
@@ -107,6 +114,21 @@ def run_measured(
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     largest = max(state["largest"], (after / 1024) if after > before else 0.0)
     return Measured(proc.returncode, wall, out, err, largest, state["total"], state["name"], state["samples"])
+
+
+def _same_priority(root: Any, niceness: int) -> None:
+    import psutil
+
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            if p.nice() != niceness:
+                p.nice(niceness)
+        except psutil.Error:
+            continue
 
 
 def self_rss_mb() -> float:

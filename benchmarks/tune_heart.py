@@ -40,7 +40,8 @@ SEARCHERS = ("grid", "random", "tpe", "evolutionary")
 FLAMBY_FEDYOGI = 0.731
 
 
-def run_one(searcher: str, seed: int, trials: int, metric: str, data_dir: str | None, work: Path) -> dict[str, Any]:
+def run_one(searcher: str, seed: int, trials: int, metric: str, repeats: int, data_dir: str | None,
+            work: Path) -> dict[str, Any]:
     """One search, then the picked configuration scored on test (the search never sees test)."""
     import optuna
     import torch
@@ -56,6 +57,7 @@ def run_one(searcher: str, seed: int, trials: int, metric: str, data_dir: str | 
     job = base.with_overrides(**{
         "seed": seed, "name": f"tune-heart-{searcher}-{seed}", "output_dir": str(work),
         "tune.searcher": searcher, "tune.n_trials": trials, "tune.workers": 1, "tune.metric": metric,
+        "tune.repeats": repeats,
         **({"data.dir": data_dir} if data_dir else {}),
     })
     t0 = time.perf_counter()
@@ -67,7 +69,7 @@ def run_one(searcher: str, seed: int, trials: int, metric: str, data_dir: str | 
     heldout = run_job(picked, data_dir=data_dir, persist=False)
     return {
         "searcher": searcher, "seed": seed, "trials": len(out.trials), "counts": out.counts,
-        "best_trial": best.number, "metric": metric, "best_value": best.values[0], "best_params": best.params,
+        "best_trial": best.number, "metric": metric, "repeats": repeats, "best_value": best.values[0], "best_params": best.params,
         "test_refit": refit.final_metrics["test_acc_mean_sites"],
         "test_heldout": heldout.final_metrics["test_acc_mean_sites"],
         "search_s": round(search_s, 1),
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--searchers", default=",".join(SEARCHERS))
     ap.add_argument("--metric", default="val_acc_mean_sites", help="validation metric the searches optimize")
+    ap.add_argument("--repeats", type=int, default=3, help="federations per trial (validation splits averaged)")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="searches run at once")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", action="store_true", help="print a JSON object as the last line")
@@ -88,7 +91,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        res = run_one(args.one[0], int(args.one[1]), args.trials, args.metric, args.data_dir, Path(args.work))
+        res = run_one(args.one[0], int(args.one[1]), args.trials, args.metric, args.repeats, args.data_dir,
+                      Path(args.work))
         print(json.dumps(res))
         return
     from rich.console import Console
@@ -107,7 +111,7 @@ def main() -> None:
             while pending and len(running) < args.jobs:
                 s, seed = pending.pop(0)
                 cmd = [sys.executable, __file__, "--one", s, str(seed), "--trials", str(args.trials), "--work", work,
-                       "--metric", args.metric]
+                       "--metric", args.metric, "--repeats", str(args.repeats)]
                 if args.data_dir:
                     cmd += ["--data-dir", args.data_dir]
                 running.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), s, seed))
@@ -119,7 +123,8 @@ def main() -> None:
             results.append(res)
             console.print(f"{s:>12} seed {seed}: test (refit) {res['test_refit']:.3f}  (held out) {res['test_heldout']:.3f}  "
                           f"{res['metric']} {res['best_value']:.4f}  {res['counts']}  {res['search_s']:.0f} s", highlight=False)
-    table = Table(title=f"Federated HPO on heart disease: {args.trials} trials per search, {args.seeds} seed(s); "
+    table = Table(title=f"Federated HPO on heart disease: {args.trials} trials per search ({args.repeats} federation(s) "
+                        f"each), {args.seeds} seed(s); "
                         "mean-of-hospitals TEST accuracy of the configuration picked on validation",
                   title_justify="left")
     for col in ("searcher", "test acc (refit)", "± std", "test acc (held out)", f"best {args.metric}", "pruned/trials",
@@ -139,7 +144,7 @@ def main() -> None:
     console.print(f"{time.perf_counter() - t0:.0f} s in all, {args.jobs} search(es) at a time")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"mean_of_hospitals_test_acc_refit": summary, "trials": args.trials,
-                                          "metric": args.metric,
+                                          "metric": args.metric, "repeats": args.repeats,
                                           "seeds": args.seeds, "runs": results}, indent=2))
     if args.json:
         print(json.dumps(summary))

@@ -160,3 +160,18 @@ def test_missing_data_fails_before_the_first_trial(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="FEDBLEND_DATA_DIR|data dir"):
         run_tune(job, data_dir=tmp_path / "no-such-dir")
     assert not (tmp_path / "runs" / "tune-test-tune" / "tune.db").exists()
+
+
+def test_repeats_score_the_mean_over_seeds(tmp_path: Path, data_dir: Path) -> None:
+    from fedblend.hpo import trial_job
+
+    job = tiny_job(tmp_path, {"searcher": "grid", "n_trials": 1, "repeats": 2, "metric": "val_acc_mean_sites",
+                              "space": {"train.lr": {**LR, "grid": [0.05]}}})
+    out = run_tune(job, data_dir=data_dir)
+    (t,) = out.trials
+    # reference: the two federations run on their own, seeds 2 and 3 (each its own validation split)
+    one = trial_job(job, {"train.lr": 0.05})
+    ref = [run_job(one.with_overrides(seed=s), data_dir=data_dir, persist=False).final_metrics["val_acc_mean_sites"]
+           for s in (2, 3)]
+    assert ref[0] != ref[1]
+    assert t.values[0] == pytest.approx(sum(ref) / 2)

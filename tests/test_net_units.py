@@ -389,6 +389,8 @@ class _FakeFed:
     def __init__(self, total, store):
         self.total, self.store = total, store
         self.round = 0
+        self.history: list = []
+        self.weights = self.initial_weights = W
 
     def resume(self):
         self.round = self.store.last
@@ -438,4 +440,5 @@ def test_cycles_run_on_a_schedule_from_the_last_global_model(tmp_path):
     assert [f.total for f in feds] == [2, 4, 6] and store.last == 6
     assert [kw["reason"] for k, kw in store.events if k == "cycle_trigger"] == ["schedule", "schedule"]
     assert store.metas["cycle"] == 3
+    assert isinstance(feds[-1].weights, DiskWeights) and feds[-1].weights.equal(W)  # kept on disk between rounds
     pool.close()

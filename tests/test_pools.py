@@ -36,3 +36,23 @@ class TestRayPool(SitePoolContract):
         from fedblend.sim.ray_pool import RayPool
 
         return RayPool(runners, workers=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')")
+def test_ray_pool_trains_two_sites_like_the_sequential_pool():
+    from fedblend.records import RoundPlan, SiteUpdate
+    from fedblend.sim.ray_pool import RayPool
+    from fedblend.testing.pools import contract_runners
+
+    runners = contract_runners(sizes=(9, 14), bad=False)
+    w0 = runners[0].task.init_weights(0)
+    plan = RoundPlan(1, ("s1", "s0"), seed=3)
+    pool = RayPool(runners, workers=2)
+    try:
+        got = pool.train(plan, w0)
+    finally:
+        pool.close()
+    want = SequentialPool(runners).train(plan, w0)
+    for a, b in zip(got, want, strict=True):
+        assert isinstance(a, SiteUpdate) and a.site_id == b.site_id
+        assert a.weights.allclose(b.weights, rtol=1e-4, atol=1e-5)

@@ -293,6 +293,7 @@ class BlendSynthesizer:
                 "candidates": len(entries),
                 "eval_sites": len(eval_sites),
                 "models_sent": models_sent,
+                "reference_models": len(eval_sites) if self.signal.kind == "federated" else 0,
                 "bytes_sent": models_sent * merged.nbytes,
                 "scalars_returned": models_sent * 5,
                 "vs_round_downloads": models_sent / max(len(updates), 1),

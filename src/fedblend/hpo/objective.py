@@ -3,7 +3,10 @@
 Each round the trial's validation metric goes to Optuna (``trial.report``) and a bad trial stops
 early when the pruner says so. The value returned is the final model's validation metric (and,
 for several objectives, the bytes communicated: 2 x model bytes x participants, over the rounds).
-Test data is never evaluated during a search.
+With ``[tune].repeats = k`` a trial trains k federations of the same configuration under seeds
+seed .. seed+k-1 (each draws its own validation split and training order: repeated random-split
+validation) in lockstep, and reports and returns their mean; on small federations this keeps the
+search from chasing the noise of one validation split. Test data is never evaluated during a search.
 """
 
 from __future__ import annotations
@@ -122,42 +125,56 @@ class FederatedObjective:
         except ConfigError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
+        # repeats: the same configuration under seeds seed, seed+1, ... (each its own validation
+        # split and training order), stepped in lockstep; the trial scores their mean
+        jobs = [job] + [job.with_overrides(seed=job.seed + i) for i in range(1, self.spec.repeats)]
         metrics = self.spec.metrics
         single = not self.spec.multi_objective
         primary = metrics[0] if metrics[0] != "bytes" else metrics[1]
-        state = {"bytes": 0, "rounds": 0}
-        values_by_round: dict[int, float] = {}
-
-        def report(result: RoundResult) -> None:
-            state["bytes"] += 2 * model_bytes * len(result.participants)
-            state["rounds"] = result.round
-            if self.on_round is not None:
-                self.on_round(trial.number, result)
-            v = round_metrics(result).get(primary)
-            if v is None:
-                return
-            values_by_round[result.round] = float(v)
-            if single:
-                trial.report(float(v), result.round)
-                if result.round < job.rounds and trial.should_prune():
-                    trial.set_user_attr("rounds_done", result.round)
-                    raise optuna.TrialPruned(f"round {result.round}: {primary}={v:.4f}")
-
+        sent = 0
+        rounds_done = 0
+        by_round: dict[int, float] = {}
+        finals: list[dict[str, float]] = []
+        pools: list[Any] = []
+        stores: list[Any] = []
         try:
-            prepared = prepare(job, data_dir=self.data_dir)
-            model_bytes = prepared.initial_weights.nbytes
-            if sum(len(s.val) for s in prepared.dataset.sites.values()) == 0:
-                raise ConfigError(f"trial {trial.number}: the sites hold no validation examples; raise [data].val_fraction")
-            store = None
-            if self.spec.keep_runs and self.run_dir is not None:
-                store = open_store(job, run_dir=self.run_dir / "trials" / f"trial_{trial.number:05d}", overwrite=True)
-            pool = build_pool(job, prepared)
             try:
-                fed = build_federation(job, prepared, pool, store, callbacks=[report])
-                fed.run()
+                feds = []
+                for i, j in enumerate(jobs):
+                    prepared = prepare(j, data_dir=self.data_dir)
+                    if sum(len(s.val) for s in prepared.dataset.sites.values()) == 0:
+                        raise ConfigError(f"trial {trial.number}: the sites hold no validation examples; "
+                                          "raise [data].val_fraction")
+                    model_bytes = prepared.initial_weights.nbytes
+                    store = None
+                    if self.spec.keep_runs and self.run_dir is not None:
+                        sub = f"trial_{trial.number:05d}" + (f"_seed{j.seed}" if i else "")
+                        store = open_store(j, run_dir=self.run_dir / "trials" / sub, overwrite=True)
+                        stores.append(store)
+                    pools.append(build_pool(j, prepared))
+                    feds.append(build_federation(j, prepared, pools[-1], store))
+                for rnd in range(1, job.rounds + 1):
+                    for fed in feds:
+                        fed.run(until=rnd)
+                    results = [fed.history[-1] for fed in feds]
+                    sent += sum(2 * model_bytes * len(r.participants) for r in results)
+                    rounds_done = rnd
+                    if self.on_round is not None:
+                        self.on_round(trial.number, results[0])
+                    got = [round_metrics(r).get(primary) for r in results]
+                    if any(v is None for v in got):
+                        continue
+                    v = sum(float(x) for x in got if x is not None) / len(got)
+                    by_round[rnd] = v
+                    if single:
+                        trial.report(v, rnd)
+                        if rnd < job.rounds and trial.should_prune():
+                            raise optuna.TrialPruned(f"round {rnd}: {primary}={v:.4f}")
+                finals = [round_metrics(fed.history[-1]) for fed in feds]
             finally:
-                pool.close()
-                if store is not None:
+                for pool in pools:
+                    pool.close()
+                for store in stores:
                     store.close()
         except FedblendError as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
@@ -165,16 +182,16 @@ class FederatedObjective:
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
-            trial.set_user_attr("bytes", int(state["bytes"]))
-        final = round_metrics(fed.history[-1]) if fed.history else {}
-        trial.set_user_attr("rounds_done", state["rounds"])
+            trial.set_user_attr("bytes", int(sent / len(jobs)))
+            trial.set_user_attr("rounds_done", rounds_done)
+        final = {k: sum(f[k] for f in finals) / len(finals) for k in finals[0] if all(k in f for f in finals)}
         trial.set_user_attr("val_metrics", {k: float(v) for k, v in final.items() if k.startswith("val_")})
         if not single:
-            trial.set_user_attr("history", {str(r): v for r, v in values_by_round.items()})
+            trial.set_user_attr("history", {str(r): v for r, v in by_round.items()})
         out: list[float] = []
         for m in metrics:
             if m == "bytes":
-                out.append(float(state["bytes"]))
+                out.append(float(sent / len(jobs)))  # one federation's communication
             elif m in final:
                 out.append(float(final[m]))
             else:

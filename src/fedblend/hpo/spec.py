@@ -79,6 +79,7 @@ class TuneSpec(BaseModel):
     grace_period: int | None = Field(default=None, ge=2)
     max_retry: int = Field(default=1, ge=0, le=100)
     keep_runs: bool = False
+    repeats: int = Field(default=1, ge=1, le=20, description="federations per trial, seeds seed..seed+repeats-1; scored by their mean")
     space: dict[str, ParamSpec] = Field(min_length=1)
 
     @field_validator("searcher")

@@ -124,6 +124,7 @@ class Coordinator:
             self.store.set_meta(cycle=self.cycle, cycle_data_versions=self._baseline)
         fed = self.make_federation(total)
         start = fed.resume()
+        self._offload(fed)
         self.federation = fed
         if start >= total:
             return
@@ -136,7 +137,7 @@ class Coordinator:
                 continue
             try:
                 fed.run(until=fed.round + 1)
-                fed.history.clear()  # the store has the round; a long-lived server keeps no model per round
+                self._offload(fed)
             except QuorumError as exc:
                 if self.stop_event.is_set():
                     return
@@ -146,6 +147,14 @@ class Coordinator:
                 self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, None, self.stop_event)
         if fed.round >= total:
             self._event("cycle_finished", round=fed.round, cycle=self.cycle)
+
+    def _offload(self, fed: Federation) -> None:
+        """Between rounds the models the Federation keeps live on disk, not in memory: the global
+        model, the initial one (kept for resume checks) and no per-round history (the store has it).
+        Values are unchanged, so results are too; memory stays a small multiple of one model."""
+        fed.history.clear()
+        fed.initial_weights = self.pool.offload(fed.initial_weights, "initial")
+        fed.weights = self.pool.offload(fed.weights, "global")
 
     def _pause(self, fed: Federation) -> None:
         self.status = "stopped"

@@ -207,6 +207,10 @@ class DeploymentPool:
                 self._cond.wait(timeout=0.5 if left is None else min(left, 0.5))
             return True
 
+    def offload(self, weights: Weights, tag: str) -> Weights:
+        """The same weights, kept on disk (read a tensor at a time when used)."""
+        return self._spool.keep(weights, tag)
+
     def set_mode(self, mode: str, message: str = "") -> None:
         """``running``: hand out tasks; ``idle``: sites wait (continuous federation); ``done``: sites exit."""
         with self._cond:

@@ -57,7 +57,8 @@ class Spool:
         self.chunk_bytes = chunk_bytes
         self.models_dir = self.root / "models"
         self.uploads_dir = self.root / "uploads"
-        for d in (self.models_dir, self.uploads_dir):
+        self.keep_dir = self.root / "keep"
+        for d in (self.models_dir, self.uploads_dir, self.keep_dir):
             shutil.rmtree(d, ignore_errors=True)  # nothing in the spool survives a restart
             d.mkdir(parents=True, exist_ok=True)
         self._models: dict[str, tuple[Path, ModelRef]] = {}
@@ -97,6 +98,19 @@ class Spool:
             for m in drop:
                 path, _ = self._models.pop(m)
                 path.unlink(missing_ok=True)
+
+    # -- models kept between rounds -------------------------------------------------------------
+    def keep(self, weights: Weights, tag: str) -> DiskWeights:
+        """``weights`` as a file-backed DiskWeights under ``keep/`` (the previous file of ``tag`` is removed)."""
+        if isinstance(weights, DiskWeights) and weights.path.parent == self.keep_dir and weights.path.name.startswith(f"{tag}-"):
+            return weights
+        path = self.keep_dir / f"{tag}-{secrets.token_hex(6)}.safetensors"
+        write_weights(weights, path)
+        kept = DiskWeights(path)
+        for old in self.keep_dir.glob(f"{tag}-*.safetensors"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return kept
 
     # -- updates coming up ----------------------------------------------------------------------
     def open_upload(self, task_id: str, site: str, manifest: UploadManifest, max_bytes: int) -> Upload:
