@@ -137,7 +137,7 @@ def run_site(args: argparse.Namespace) -> int:
     from fedblend.data.base import ArraySplit, SiteData
     from fedblend.engine.site import SiteRunner
     from fedblend.net.agent import LocalSite, SiteAgent
-    from fedblend.net.ca import load_bundle
+    from fedblend.net.identity import load_bundle
     from fedblend.net.wire import Schema
 
     def load_site(job_toml: str, name: str) -> LocalSite:

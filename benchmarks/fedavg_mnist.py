@@ -95,10 +95,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", default="auto")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     args.max_rounds = {"iid": args.max_rounds_iid, "noniid": args.max_rounds_noniid}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from rich.console import Console
     from rich.table import Table

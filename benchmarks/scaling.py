@@ -65,6 +65,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pool", default="auto")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--keep-history",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the engine keeps every round's result in memory (as it does today); "
+        "--no-keep-history shows the pool's own memory",
+    )
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--side", help=argparse.SUPPRESS)
@@ -87,7 +95,13 @@ def main() -> None:
             )
         for sweep in sweeps:
             for cfg in configs(sweep, args.rounds):
-                cfg = {**cfg, "pool": args.pool, "device": args.device}
+                cfg = {
+                    **cfg,
+                    "pool": args.pool,
+                    "device": args.device,
+                    "threads": args.threads,
+                    "keep_history": args.keep_history,
+                }
                 console.print(
                     f"{sweep}: {cfg['model']}, {cfg['num_clients']} clients, {cfg['clients_per_round']}/round, "
                     f"{cfg['rounds']} rounds ..."

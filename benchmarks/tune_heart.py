@@ -4,7 +4,8 @@ Protocol. The base job is FLamby's Fed-Heart-Disease (4 hospitals, Linear(13->1)
 100 local SGD steps per round, 15 rounds) with 20% of each hospital's training rows held out as its
 validation split (seeded by the job seed). Every searcher gets the same budget of trials over the
 same space (examples/heart_tune.toml: client learning rate; FedAvg, FedProx, FedAdam or FedYogi;
-the server learning rate of the adaptive ones; FedProx's mu), the same median pruner, and picks the
+the server learning rate of the adaptive ones; FedProx's mu), the same median pruner, the same
+repeated validation (each trial averages 3 federations with 3 different validation splits), and picks the
 configuration with the best validation metric: by default the mean over hospitals of the validation
 accuracy (``--metric``), the validation twin of the reported test metric. Only then is the picked
 configuration scored on TEST, two ways, with the same seed:
@@ -13,7 +14,8 @@ configuration scored on TEST, two ways, with the same seed:
   figure comparable to FLamby's published 0.731 for its tuned FedYogi;
 * ``heldout``: trained exactly as in the search (validation rows held out).
 
-The metric is the mean over hospitals of the final model's test accuracy, averaged over seeds.
+The metric is the mean over hospitals of the final model's test accuracy, averaged over seeds
+(benchmark seed s runs the job with seed 10*s, so the repeats' seeds 10s..10s+2 never overlap).
 
     python benchmarks/tune_heart.py                      # 30 trials x 4 searchers x 3 seeds
     python benchmarks/tune_heart.py --json               # ... last line: {searcher: mean refit test acc}
@@ -55,7 +57,7 @@ def run_one(searcher: str, seed: int, trials: int, metric: str, repeats: int, da
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = load_job(REPO / "examples" / "heart_tune.toml")
     job = base.with_overrides(**{
-        "seed": seed, "name": f"tune-heart-{searcher}-{seed}", "output_dir": str(work),
+        "seed": 10 * seed, "name": f"tune-heart-{searcher}-{seed}", "output_dir": str(work),
         "tune.searcher": searcher, "tune.n_trials": trials, "tune.workers": 1, "tune.metric": metric,
         "tune.repeats": repeats,
         **({"data.dir": data_dir} if data_dir else {}),

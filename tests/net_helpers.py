@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import tomli_w
 
-from fedblend.net.ca import CertificateAuthority, SiteBundle, load_bundle
+from fedblend.net.ca import CertificateAuthority
+from fedblend.net.identity import SiteBundle, load_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("FEDBLEND_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -113,12 +114,12 @@ class Fleet:
         return load_bundle(self.bundle(name))
 
     def start_server(self, job: Path, state: Path | None = None, *, port: int = 0, extra: list[str] = (),
-                     timeout: float = 60) -> Proc:
+                     timeout: float = 60, dashboard: bool = False) -> Proc:
         state = state or self.root / "state"
         ready = self.root / f"ready-{len(self.procs)}.json"
         ready.unlink(missing_ok=True)
         p = spawn("server", ["-v", "server", "--job", str(job), "--state", str(state), "--ca", str(self.ca.dir), "--port", str(port),
-                             "--ready-file", str(ready), "--quiet", "--no-dashboard", *extra],
+                             "--ready-file", str(ready), "--quiet", "--dashboard" if dashboard else "--no-dashboard", *extra],
                   self.root / f"server-{len(self.procs)}.log", may_exit=False)
         self.procs.append(p)
         wait_until(ready.exists, timeout, "the server to listen", [p])

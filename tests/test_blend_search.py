@@ -126,6 +126,15 @@ def test_a_site_failing_a_candidate_fails_only_that_trial():
     assert rec["best_trial"] in (0, 1, 2)
 
 
+def test_no_site_can_score_fedavg_skips_and_keeps_fedavg():
+    pool = toy()
+    for s in pool.ids:
+        pool.fail[s] = 0
+    _, merged, weights, rec = run(pool)
+    assert rec["decision"] == "skipped" and weights is merged
+    assert "site_0: site went offline" in rec["reason"]
+
+
 def test_fewer_than_min_sites_is_skipped():
     pool = ToyPool([[0, 0]], [10], [10])
     _, merged, weights, rec = run(pool)

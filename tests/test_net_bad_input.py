@@ -10,11 +10,11 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from net_helpers import heart_job, make_fleet, wait_until
 
 from fedblend.data.heart import HEART_FEATURES
 from fedblend.net.codec import file_digests, write_weights
 from fedblend.weights import Weights
+from net_helpers import heart_job, make_fleet, wait_until
 
 JSON = {"content-type": "application/json"}
 REG = {"data_version": "evil-1", "num_rows": 100, "schema": {"input_shape": [13], "num_classes": 2, "kind": "tabular",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tomli_w
+
 from net_helpers import make_fleet, rounds_committed, wait_until
 
 

@@ -10,9 +10,10 @@ import ssl
 
 import httpx
 import pytest
-from net_helpers import heart_job, make_fleet, wait_until
 
-from fedblend.net.ca import CertificateAuthority, _load_chain, load_bundle
+from fedblend.net.ca import CertificateAuthority
+from fedblend.net.identity import _load_chain, load_bundle
+from net_helpers import heart_job, make_fleet, wait_until
 
 REFUSED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError, httpx.WriteError)
 
@@ -21,7 +22,7 @@ REFUSED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError, httpx
 def fleet(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     f = make_fleet(root)
-    f.start_server(heart_job(root))  # waits for its 4 sites forever: none joins in this module
+    f.start_server(heart_job(root), dashboard=True)  # waits for its 4 sites forever: none joins in this module
     yield f
     f.close()
 
@@ -66,7 +67,7 @@ def test_a_certificate_from_another_ca_is_refused(fleet, other_ca):
 
 
 def _expired(fleet):
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     return fleet.ca.issue_site("hungary", days=1, not_before=past, out=fleet.root / "expired.bundle")
 
 
@@ -140,3 +141,12 @@ def test_admin_actions_need_the_admin_certificate_and_token(fleet):
         assert r.status_code == 200 and r.json()["serials"]
     with fleet.client("va") as c:
         assert wait_until(lambda: c.get("/v1/ping").status_code == 403, 30, "va to be refused")
+
+
+def test_the_dashboard_is_served_to_the_admin_certificate_only(fleet):
+    with fleet.client("admin") as c:
+        r = c.get("/dashboard/")
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    with fleet.client("cleveland") as c:
+        r = c.get("/dashboard/")
+        assert r.status_code == 403 and "admin certificate" in r.json()["detail"]

@@ -19,9 +19,10 @@ import pytest
 
 from fedblend.engine.validate import UpdateValidator
 from fedblend.errors import ConfigError, FedblendError, QuorumError
-from fedblend.net.ca import CertificateAuthority, RevocationList, check_site_name, identity_from_peercert, load_bundle
+from fedblend.net.ca import CertificateAuthority, RevocationList
 from fedblend.net.codec import DiskWeights, file_digests, write_weights
 from fedblend.net.config import parse_deploy
+from fedblend.net.identity import check_site_name, identity_from_peercert, load_bundle
 from fedblend.net.pool import DeploymentPool
 from fedblend.net.wire import EvalResult, Heartbeat, Registration, Schema, UploadManifest, WireError
 from fedblend.records import RoundPlan, SiteUpdate
@@ -51,7 +52,7 @@ def test_site_bundle_carries_identity_and_server(ca, tmp_path):
     b = load_bundle(ca.issue_site("cleveland", out=tmp_path / "c.bundle"))
     assert (b.site, b.role, b.server_url) == ("cleveland", "site", "https://fl.example.org:8443")
     assert b.cert_subject() == ("cleveland", "site")
-    assert b.not_after() > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=300)
+    assert b.not_after() > dt.datetime.now(dt.UTC) + dt.timedelta(days=300)
     ctx = b.client_ssl_context()
     assert ctx.verify_mode.name == "CERT_REQUIRED"
 

@@ -28,6 +28,12 @@ class TestProcessPool(SitePoolContract):
 
 
 @pytest.mark.slow
+class TestVectorizedProcessPool(SitePoolContract):
+    def make_pool(self, runners):
+        return ProcessPool(runners, workers=2, inner="vectorized")
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')"
 )
@@ -38,7 +44,9 @@ class TestRayPool(SitePoolContract):
         return RayPool(runners, workers=2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')"
+)
 def test_ray_pool_trains_two_sites_like_the_sequential_pool():
     from fedblend.records import RoundPlan, SiteUpdate
     from fedblend.sim.ray_pool import RayPool

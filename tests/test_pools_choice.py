@@ -70,3 +70,16 @@ def test_job_pool_section_reaches_make_pool(tmp_path):
     pool = build_pool(job, prepared)
     assert isinstance(pool, VectorizedPool) and pool.site_ids() == list(prepared.dataset.sites)
     assert contract_task() is not None
+
+
+def test_vectorized_with_workers_runs_vectorized_worker_processes():
+    from fedblend.sim.process import ProcessPool
+
+    pool = make_pool("vectorized", contract_runners(sizes=(5, 6), bad=False), workers=2, device="cpu")
+    try:
+        assert isinstance(pool, ProcessPool) and pool.inner == "vectorized" and len(pool._workers) == 2
+    finally:
+        pool.close()
+    lstm = TorchTask("char_lstm", model_params={"vocab_size": 3, "hidden": 4})
+    with pytest.raises(ConfigError, match="LSTM"):
+        make_pool("vectorized", contract_runners(lstm, bad=False), workers=2)

@@ -152,14 +152,8 @@ class BlendSynthesizer:
             "schedule": s.schedule,
         }
         if len(updates) < s.min_sites:
-            rec = {
-                **base,
-                "decision": "skipped",
-                "adopted": "fedavg",
-                "reason": f"{len(updates)} site update(s); blending needs at least min_sites = {s.min_sites}",
-            }
-            self.history.append(rec)
-            return BlendOutcome(merged, merged, False, rec)
+            why = f"{len(updates)} site update(s); blending needs at least min_sites = {s.min_sites}"
+            return self._skip(base, merged, why)
         models = {u.site_id: u.weights for u in updates}
         space, groups = self._space(updates, merged)
         dists = space.distributions()
@@ -209,6 +203,13 @@ class BlendSynthesizer:
                 if label == "fedavg" and failed:
                     # a site that cannot score FedAvg cannot give paired differences: leave it out
                     eval_sites = [x for x in eval_sites if x not in {f.site_id for f in failed}]
+                    if not reps:  # nobody can score: keep FedAvg, the run goes on
+                        return self._skip(
+                            base,
+                            merged,
+                            "no site could score the FedAvg reference: "
+                            + "; ".join(f"{f.site_id}: {f.reason}" for f in failed),
+                        )
                     failed = []
                 if failed:
                     reason = "; ".join(f"{f.site_id}: {f.reason}" for f in failed)
@@ -311,6 +312,12 @@ class BlendSynthesizer:
         )
         self.history.append(rec)
         return BlendOutcome(adopted, best_weights, ok, rec)
+
+    def _skip(self, base: dict[str, Any], merged: Weights, reason: str) -> BlendOutcome:
+        log.warning("round %s blend skipped: %s", base["round"], reason)
+        rec = {**base, "decision": "skipped", "adopted": "fedavg", "reason": reason}
+        self.history.append(rec)
+        return BlendOutcome(merged, merged, False, rec)
 
     def _choose(self, scores: dict[int, Score]) -> tuple[int, list[int] | None]:
         obj = self.spec.objective

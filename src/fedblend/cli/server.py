@@ -50,8 +50,10 @@ def _shape_prepared(job: Any, schema: Any) -> Any:
     return Prepared(job, shape_only, task, [], task.init_weights(job.seed))
 
 
-def _dashboard_app(store: Any) -> Any | None:
+def _dashboard_app(state: Path, offline_after_s: float) -> Any | None:
+    """The dashboard over the run store, when ``fedblend.dashboard`` provides ``create_app``."""
     import importlib
+    import inspect
 
     try:
         mod = importlib.import_module("fedblend.dashboard")
@@ -60,8 +62,11 @@ def _dashboard_app(store: Any) -> Any | None:
     factory = getattr(mod, "create_app", None)
     if factory is None:
         return None
+    kwargs: dict[str, Any] = {}
     try:
-        return factory(store)
+        if "offline_after_s" in inspect.signature(factory).parameters:
+            kwargs["offline_after_s"] = offline_after_s
+        return factory(state, **kwargs)  # its own store connection; access is guarded by the admin certificate
     except Exception as exc:  # the dashboard is optional; the fleet must run without it
         err_console.print(f"dashboard not mounted: {type(exc).__name__}: {exc}")
         return None
@@ -102,7 +107,7 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
         return serials
 
     mounts = {}
-    if dashboard and (dash := _dashboard_app(store)) is not None:
+    if dashboard and (dash := _dashboard_app(state, spec.offline_after_s)) is not None:
         mounts["/dashboard"] = dash
     app = create_app(pool, revocations=RevocationList([ca.revoked_path]), admin_token_hash=ca.admin_token_hash,
                      coordinator=coord, revoke=revoke, mounts=mounts)
@@ -145,8 +150,8 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
 
 
 def _admin_call(bundle_path: Path, server: str | None, method: str, path: str, body: Any = None) -> Any:
-    from fedblend.net.ca import load_bundle
     from fedblend.net.client import FleetClient
+    from fedblend.net.identity import load_bundle
 
     bundle = load_bundle(bundle_path)
     if bundle.role != "admin" or not bundle.admin_token:
@@ -190,13 +195,15 @@ def register(app: typer.Typer) -> None:
         for s in st["sites"]:
             console.print(f"  {s['site']:<20} {s['state']:<10} data {s['data_version'] or '-'}  rows {s['num_rows']}")
 
-    for action, doc in (("stop", "Stop the job after the current round."), ("start", "Resume a stopped job, or start a cycle now.")):
-        def _make(action: str = action) -> Any:
-            def cmd(bundle: Path = bundle_opt, server_url: str | None = server_opt) -> None:
-                console.print(_admin_call(bundle, server_url, "POST", "/admin/actions", {"action": action})["detail"])
-            cmd.__doc__ = doc
-            return cmd
-        admin_app.command(action)(_make())
+    @admin_app.command("stop")
+    def stop(bundle: Path = bundle_opt, server_url: str | None = server_opt) -> None:
+        """Stop the job after the current round."""
+        console.print(_admin_call(bundle, server_url, "POST", "/admin/actions", {"action": "stop"})["detail"])
+
+    @admin_app.command("start")
+    def start(bundle: Path = bundle_opt, server_url: str | None = server_opt) -> None:
+        """Resume a stopped job, or start a new cycle now."""
+        console.print(_admin_call(bundle, server_url, "POST", "/admin/actions", {"action": "start"})["detail"])
 
     @admin_app.command("revoke")
     def revoke(site: str = typer.Argument(...), reason: str = typer.Option("", "--reason"),

@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Join a federation as one site: train on local data when the server asks."""
         from fedblend.net.agent import EXIT_DONE, EXIT_REJECTED, SiteAgent
-        from fedblend.net.ca import load_bundle
+        from fedblend.net.identity import load_bundle
 
         b = load_bundle(bundle)
         if b.role != "site":

@@ -55,7 +55,7 @@ _REFUSED = {
     "deploy": "deployment settings are not hyperparameters",
     "name": "the trial's name is set by the tuner",
     "seed": "the seed also draws the validation split, so trials would not be compared on the same data "
-            "(run the best job with several seeds instead)",
+            "(set [tune].repeats to score each trial over several seeds instead)",
     "output_dir": "the tuner chooses where trials run",
 }
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedblend.errors import FedblendError, TransportError
-from fedblend.net.ca import SiteBundle
 from fedblend.net.client import ApiError, CertificateRejected, FleetClient, ServerUntrusted
 from fedblend.net.codec import file_digests, write_weights
+from fedblend.net.identity import SiteBundle
 from fedblend.net.wire import Hello, ModelRef, Registration, Schema, UploadManifest, WorkItem
 from fedblend.records import RoundPlan
 from fedblend.weights import Weights
@@ -101,7 +101,7 @@ class SiteAgent:
         from cryptography import x509
 
         cert = x509.load_pem_x509_certificate(self.bundle.cert.encode())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if now > cert.not_valid_after_utc:
             raise CertificateRejected(f"certificate rejected: this site's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
                                       "ask the federation operator for a new site bundle")

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from fedblend.errors import TransportError
-from fedblend.net.ca import SiteBundle
+from fedblend.net.identity import SiteBundle
 
 __all__ = ["FleetClient", "ApiError", "CertificateRejected", "ServerUntrusted"]
 

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedblend.errors import ConfigError
-from fedblend.net.ca import check_site_name
+from fedblend.net.identity import check_site_name
 
 __all__ = ["DeploySpec", "CycleSpec", "parse_deploy"]
 

@@ -144,7 +144,7 @@ class Coordinator:
                 log.warning("%s; retrying when enough sites are online", exc)
                 self._event("round_retry", round=fed.round + 1, reason=str(exc))
                 need = max(1, min(self.spec.quorum or 1, len(self.spec.sites) or 1))
-                self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, None, self.stop_event)
+                self.pool.wait_for(lambda n=need: len(self.pool.site_ids()) >= n, None, self.stop_event)
         if fed.round >= total:
             self._event("cycle_finished", round=fed.round, cycle=self.cycle)
 

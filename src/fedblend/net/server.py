@@ -28,8 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedblend.net.ca import ADMIN_ROLE, SITE_ROLE, Identity, RevocationList, hash_token
+from fedblend.net.ca import RevocationList
 from fedblend.net.coordinator import Coordinator
+from fedblend.net.identity import ADMIN_ROLE, SITE_ROLE, Identity, hash_token
 from fedblend.net.pool import DeploymentPool
 from fedblend.net.tls import identity_of, peer_cert_protocol, server_ssl_settings
 from fedblend.net.wire import (

@@ -15,7 +15,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fedblend.net.ca import Identity, identity_from_peercert
+from fedblend.net.identity import Identity, identity_from_peercert
 
 __all__ = ["PeerCertH11Protocol", "peer_cert_protocol", "identity_of", "server_ssl_settings"]
 

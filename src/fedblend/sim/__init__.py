@@ -10,6 +10,10 @@ the reference, up to float rounding).
 | ``process`` | sites spread over worker processes, one per core | models that do not vectorize (LSTM, BatchNorm, dropout) with enough work |
 | ``ray`` | sites on Ray actors, one machine or a cluster (``fedblend[ray]``, ``RAY_ADDRESS``) | never: ask for it |
 
+``workers``: for ``process`` and ``ray`` the number of workers (0: one per core); for
+``vectorized``, ``workers >= 2`` runs that many worker processes that each vectorize their share
+with one torch thread (often faster on a multi-core CPU than one process with several threads).
+
 Choose in the job file (``[pool] kind = "process"``) or on the command line (``--pool process``).
 
     from fedblend.sim import make_pool
@@ -128,6 +132,11 @@ def make_pool(
     if kind == "vectorized":
         from fedblend.sim.vectorized import VectorizedPool
 
+        if workers >= 2:  # vectorized inside each of `workers` processes (checked here, built there)
+            from fedblend.sim.process import ProcessPool
+
+            VectorizedPool(runners[:1], task=task, device="cpu", warm_up=False)  # the same clear error, early
+            return ProcessPool(runners, workers=workers, inner="vectorized", device=device)
         return VectorizedPool(runners, task=task, device=device)
     if kind == "process":
         from fedblend.sim.process import ProcessPool

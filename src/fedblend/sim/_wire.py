@@ -1,8 +1,8 @@
 """What crosses between a pool and its workers (processes or Ray actors): plain dicts of
 numbers and strings, with weights as safetensors bytes. Never a pickled Weights object.
 
-The worker side (``serve``) runs SiteRunners for its share of the sites and answers with these
-dicts; the pool side turns them back into SiteUpdate / EvalReport / SiteFailure records.
+The worker side (``SiteHost``) runs its share of the sites and answers with these dicts; the
+pool side turns them back into SiteUpdate / EvalReport / SiteFailure records.
 """
 
 from __future__ import annotations
@@ -35,10 +35,21 @@ def _failure(sid: str, round: int, exc: BaseException) -> dict[str, Any]:
 
 
 class SiteHost:
-    """The worker side: a share of the SiteRunners, answering train / evaluate / stats requests."""
+    """The worker side: a share of the sites behind an in-process pool (``sequential`` runs each
+    SiteRunner in turn, ``vectorized`` trains them side by side), answering requests as dicts."""
 
-    def __init__(self, runners: Sequence[SiteRunner]) -> None:
+    def __init__(self, runners: Sequence[SiteRunner], inner: str = "sequential", device: str = "cpu") -> None:
+        from fedblend.sim.local import SequentialPool
+
         self.runners = {r.site_id: r for r in runners}
+        if inner == "vectorized":
+            from fedblend.sim.vectorized import VectorizedPool
+
+            self.pool: Any = VectorizedPool(list(runners), device=device)
+        elif inner == "sequential":
+            self.pool = SequentialPool(list(runners))
+        else:
+            raise ValueError(f"inner pool must be 'sequential' or 'vectorized' (got {inner!r})")
 
     def train(self, plan_d: dict[str, Any], weights_bytes: bytes) -> list[dict[str, Any]]:
         plan = plan_from_dict(plan_d)
@@ -47,25 +58,26 @@ class SiteHost:
         except Exception as exc:
             return [_failure(sid, plan.round, exc) for sid in plan.site_ids]
         out: list[dict[str, Any]] = []
-        for sid in plan.site_ids:
+        for sid, u in zip(plan.site_ids, self.pool.train(plan, weights), strict=True):
+            if isinstance(u, SiteFailure):
+                out.append({"site_id": sid, "ok": False, "round": plan.round, "reason": u.reason, "kind": u.kind})
+                continue
             try:
-                if sid not in self.runners:
-                    raise KeyError(f"site {sid!r} is not hosted by this worker")
-                u = self.runners[sid].fit(plan, weights)
-                out.append(
-                    {
-                        "site_id": sid,
-                        "ok": True,
-                        "round": u.round,
-                        "weights": u.weights.to_bytes(),
-                        "num_examples": int(u.num_examples),
-                        "metrics": {k: float(v) for k, v in u.metrics.items()},
-                        "duration_s": float(u.duration_s),
-                    }
-                )
+                blob = u.weights.to_bytes()
             except Exception as exc:
-                log.exception("site %s failed in round %d", sid, plan.round)
                 out.append(_failure(sid, plan.round, exc))
+                continue
+            out.append(
+                {
+                    "site_id": sid,
+                    "ok": True,
+                    "round": u.round,
+                    "weights": blob,
+                    "num_examples": int(u.num_examples),
+                    "metrics": {k: float(v) for k, v in u.metrics.items()},
+                    "duration_s": float(u.duration_s),
+                }
+            )
         return out
 
     def evaluate(
@@ -77,25 +89,22 @@ class SiteHost:
         except Exception as exc:
             return [_failure(sid, 0, exc) for sid in site_ids]
         out: list[dict[str, Any]] = []
-        for sid in site_ids:
-            try:
-                if sid not in self.runners:
-                    raise KeyError(f"site {sid!r} is not hosted by this worker")
-                r = self.runners[sid].evaluate(weights, split, reference)
-                out.append(
-                    {
-                        "site_id": sid,
-                        "ok": True,
-                        "split": r.split,
-                        "num_examples": int(r.num_examples),
-                        "loss_sum": float(r.loss_sum),
-                        "correct": float(r.correct),
-                        "diff_sum": float(r.diff_sum),
-                        "diff_sq_sum": float(r.diff_sq_sum),
-                    }
-                )
-            except Exception as exc:
-                out.append(_failure(sid, 0, exc))
+        for sid, r in zip(site_ids, self.pool.evaluate(weights, list(site_ids), split, reference), strict=True):
+            if isinstance(r, SiteFailure):
+                out.append({"site_id": sid, "ok": False, "round": 0, "reason": r.reason, "kind": r.kind})
+                continue
+            out.append(
+                {
+                    "site_id": sid,
+                    "ok": True,
+                    "split": r.split,
+                    "num_examples": int(r.num_examples),
+                    "loss_sum": float(r.loss_sum),
+                    "correct": float(r.correct),
+                    "diff_sum": float(r.diff_sum),
+                    "diff_sq_sum": float(r.diff_sq_sum),
+                }
+            )
         return out
 
     def stats(self) -> list[dict[str, Any]]:

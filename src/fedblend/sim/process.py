@@ -7,6 +7,10 @@ pickled (our own processes on one machine) or built in the worker by a picklable
 (``recipe(site_ids) -> list[SiteRunner]``, e.g. a ``functools.partial`` over a job dict) so the
 worker loads its own data. Per round only control dicts and safetensors bytes cross the pipes.
 
+``inner="vectorized"`` makes each worker train its share side by side (``VectorizedPool``, one
+torch thread per worker): process-level parallelism for vectorizable models, which on a busy
+CPU scales better than several torch threads in one process.
+
 A worker that dies or overruns ``timeout_s`` turns into SiteFailures for its sites that round
 and is restarted on the next call; the round goes on with the others.
 
@@ -41,13 +45,15 @@ log = logging.getLogger(__name__)
 Recipe = Callable[[Sequence[str]], Sequence[SiteRunner]]
 
 
-def _worker_main(conn: Connection, share: Any, site_ids: list[str], recipe: Recipe | None, threads: int) -> None:
+def _worker_main(
+    conn: Connection, share: Any, site_ids: list[str], recipe: Recipe | None, threads: int, inner: str, device: str
+) -> None:
     """Worker process: build the share's runners, then answer requests until told to stop."""
     import torch
 
     torch.set_num_threads(max(1, threads))
     try:
-        host = SiteHost(list(recipe(site_ids)) if recipe is not None else share)
+        host = SiteHost(list(recipe(site_ids)) if recipe is not None else share, inner=inner, device=device)
         missing = sorted(set(site_ids) - set(host.runners))
         if missing:
             raise ConfigError(f"the recipe built no runner for site(s) {missing}")
@@ -119,6 +125,8 @@ class ProcessPool:
         threads_per_worker: int = 0,
         timeout_s: float | None = None,
         start_timeout_s: float = 300.0,
+        inner: str = "sequential",
+        device: str = "cpu",
     ) -> None:
         if not runners:
             raise ConfigError("ProcessPool needs at least one SiteRunner (got none)")
@@ -131,7 +139,11 @@ class ProcessPool:
         cores = os.cpu_count() or 1
         n = min(workers or cores, len(self._order))
         self.threads = threads_per_worker or max(1, cores // n)
+        if inner not in ("sequential", "vectorized"):
+            raise ConfigError(f"ProcessPool: 'inner' must be 'sequential' or 'vectorized' (got {inner!r})")
         self.recipe = recipe
+        self.inner = inner
+        self.device = device
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self._ctx = mp.get_context("spawn")
@@ -206,7 +218,7 @@ class ProcessPool:
         share = None if self.recipe is not None else [self._runners[s] for s in w.sites]
         w.proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, share, w.sites, self.recipe, self.threads),
+            args=(child, share, w.sites, self.recipe, self.threads, self.inner, self.device),
             name=f"fedblend-site-worker-{w.index}",
             daemon=True,
         )

@@ -46,11 +46,11 @@ def import_ray() -> Any:
 class _Host:
     """The actor class: a SiteHost built from runners or from a recipe."""
 
-    def __init__(self, share: Any, site_ids: list[str], recipe: Recipe | None, threads: int) -> None:
+    def __init__(self, share: Any, site_ids: list[str], recipe: Recipe | None, threads: int, inner: str) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.host = SiteHost(list(recipe(site_ids)) if recipe is not None else share)
+        self.host = SiteHost(list(recipe(site_ids)) if recipe is not None else share, inner=inner)
 
     def train(self, plan_d: dict[str, Any], weights: bytes) -> list[dict[str, Any]]:
         return self.host.train(plan_d, weights)
@@ -77,11 +77,14 @@ class RayPool:
         cpus_per_worker: float = 1.0,
         timeout_s: float | None = None,
         init_kwargs: dict[str, Any] | None = None,
+        inner: str = "sequential",
     ) -> None:
         if not runners:
             raise ConfigError("RayPool needs at least one SiteRunner (got none)")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"RayPool: 'workers' must be an integer >= 0, 0 for one per CPU (got {workers!r})")
+        if inner not in ("sequential", "vectorized"):
+            raise ConfigError(f"RayPool: 'inner' must be 'sequential' or 'vectorized' (got {inner!r})")
         ray = import_ray()
         self._ray = ray
         self._runners = {r.site_id: r for r in runners}
@@ -104,7 +107,9 @@ class RayPool:
         self._home = {sid: i for i, share in enumerate(self._shares) for sid in share}
         threads = max(1, int(cpus_per_worker))
         self._actors = [
-            actor_cls.remote(None if recipe is not None else [self._runners[s] for s in share], share, recipe, threads)
+            actor_cls.remote(
+                None if recipe is not None else [self._runners[s] for s in share], share, recipe, threads, inner
+            )
             for share in self._shares
         ]
         self.recipe = recipe
