@@ -36,7 +36,8 @@ class Measured:
     peak_largest_mb: float  # the largest single process, at its peak
     peak_total_mb: float  # the whole process tree, at its peak
     largest_name: str = ""
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (t, largest MB)
+    # (time.perf_counter(), largest RSS MB, CPU seconds used so far by the whole tree)
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
 
     def json_tail(self) -> dict[str, Any]:
         """The JSON object on the last line of stdout."""
@@ -46,8 +47,22 @@ class Measured:
         out: dict[str, Any] = json.loads(lines[-1])
         return out
 
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds the tree had used at ``time.perf_counter() == t`` (any process's clock:
+        on Linux it is the system-wide monotonic clock), interpolated between samples."""
+        ts = [s[0] for s in self.samples]
+        return float(np.interp(t, ts, [s[2] for s in self.samples])) if ts else float("nan")
 
-def _tree_rss(root: Any) -> tuple[float, float, str]:
+    def cpu_per_round(self, stamps: list[Any], skip_first: bool = True) -> float:
+        """CPU seconds per round between the round stamps, as ``per_round_s`` measures wall time:
+        the work done, whatever share of the CPUs the run got on a busy machine."""
+        start = 1 if skip_first and len(stamps) > 2 else 0
+        rounds = max(1, stamps[-1][0] - stamps[start][0])
+        return (self.cpu_at(stamps[-1][1]) - self.cpu_at(stamps[start][1])) / rounds
+
+
+def _scan(root: Any, cpu: dict[int, float]) -> tuple[float, float, str]:
+    """Largest and total RSS (MB) of the tree, largest's name; updates ``cpu`` (pid -> CPU s)."""
     import psutil
 
     largest, total, name = 0.0, 0.0, ""
@@ -57,7 +72,10 @@ def _tree_rss(root: Any) -> tuple[float, float, str]:
         return 0.0, 0.0, ""
     for p in procs:
         try:
-            rss = p.memory_info().rss / MB
+            with p.oneshot():
+                rss = p.memory_info().rss / MB
+                t = p.cpu_times()
+            cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
             if rss > largest:
                 largest, name = rss, p.name()
             total += rss
@@ -74,7 +92,8 @@ def run_measured(
     timeout_s: float | None = None,
     cwd: Path | None = None,
 ) -> Measured:
-    """Run ``cmd``; return its output, wall time and peak memory (largest process / whole tree).
+    """Run ``cmd``; return its output, wall time, peak memory (largest process / whole tree) and
+    the tree's CPU time over time.
 
     Every process of the tree is kept at this process's scheduling priority (``nice``): some
     launchers (Ray's raylet) reset their workers to 0, which would skew a run started with
@@ -84,19 +103,18 @@ def run_measured(
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = {"largest": 0.0, "total": 0.0, "name": "", "samples": []}
+    state: dict[str, Any] = {"largest": 0.0, "total": 0.0, "name": "", "samples": [], "cpu": {}}
     stop = threading.Event()
-
     niceness = os.nice(0)
 
     def poll() -> None:
         while not stop.is_set():
             _same_priority(proc, niceness)
-            largest, total, name = _tree_rss(proc)
+            largest, total, name = _scan(proc, state["cpu"])
             if largest > state["largest"]:
                 state["largest"], state["name"] = largest, name
             state["total"] = max(state["total"], total)
-            state["samples"].append((time.perf_counter() - t0, largest))
+            state["samples"].append((time.perf_counter(), largest, sum(state["cpu"].values())))
             stop.wait(poll_s)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -215,7 +233,7 @@ def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run FedAvg on the workload in ``workdir`` in this process; per-round times and RSS.
 
     ``cfg``: num_clients, per_client, clients_per_round, rounds, lr, batch_size, local_epochs, seed,
-    model ("mlp" | "cnn"), pool, device, threads. Sites hold views of one array (no copies). The
+    model ("mlp" | "cnn"), pool, workers, device, threads. Sites hold views of one array (no copies). The
     final weights go to ``workdir/fedblend_final.safetensors``.
     """
     import torch
@@ -244,7 +262,13 @@ def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         tr = ArraySplit(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])  # views, no copies
         site = SiteData(f"c{i:04d}", tr, ArraySplit.empty_like(tr), ArraySplit.empty_like(tr))
         runners.append(SiteRunner(site, task, num_classes=10))
-    pool = make_pool(cfg.get("pool", "auto"), runners, task=task, device=cfg.get("device", "auto"))
+    pool = make_pool(
+        cfg.get("pool", "auto"),
+        runners,
+        task=task,
+        device=cfg.get("device", "auto"),
+        workers=int(cfg.get("workers", 0)),
+    )
     init_file = workdir / "initial.safetensors"
     initial = Weights.from_bytes(init_file.read_bytes()) if init_file.exists() else task.init_weights(int(cfg["seed"]))
     stamps: list[tuple[int, float]] = []

@@ -67,8 +67,16 @@ def run_server(args: argparse.Namespace) -> None:
     work = Path(args.dir)
     ca = CertificateAuthority(work / "ca")
     sites = [f"site{i}" for i in range(args.sites)]
-    spec = parse_deploy({"sites": sites, "deadline_s": 3600, "heartbeat_s": 2, "missed_heartbeats": 30, "max_update_mb": 4 * args.mb,
-                         "linger_s": 30})
+    spec = parse_deploy(
+        {
+            "sites": sites,
+            "deadline_s": 3600,
+            "heartbeat_s": 2,
+            "missed_heartbeats": 30,
+            "max_update_mb": 4 * args.mb,
+            "linger_s": 30,
+        }
+    )
     store = SqlRunStore(work / "state")
     baseline = _status("VmRSS")
     pool = DeploymentPool(spec, spool_dir=work / "state" / "spool", job_toml='name = "big-model"', store=store)
@@ -78,11 +86,21 @@ def run_server(args: argparse.Namespace) -> None:
     del init  # the Federation builds its own copy below; keep only one
 
     def make_federation(total: int) -> Federation:
-        return Federation(pool=pool, strategy=make_strategy("fedavg"), initial_weights=model(args.mb), rounds=total, seed=0,
-                          eval_every=0, eval_splits=("test",), store=store)
+        return Federation(
+            pool=pool,
+            strategy=make_strategy("fedavg"),
+            initial_weights=model(args.mb),
+            rounds=total,
+            seed=0,
+            eval_every=0,
+            eval_splits=("test",),
+            store=store,
+        )
 
     coord = Coordinator(pool, store, make_federation, spec=spec, rounds=args.rounds)
-    app = create_app(pool, revocations=RevocationList([ca.revoked_path]), admin_token_hash=ca.admin_token_hash, coordinator=coord)
+    app = create_app(
+        pool, revocations=RevocationList([ca.revoked_path]), admin_token_hash=ca.admin_token_hash, coordinator=coord
+    )
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -97,17 +115,30 @@ def run_server(args: argparse.Namespace) -> None:
         (work / "ready.json").write_text(json.dumps({"port": port}))
 
     coord.start()
-    serve(app, host="127.0.0.1", port=0, cert=str(ca.server_cert_path), key=str(ca.server_key_path), ca=str(ca.ca_cert_path),
-          on_started=started, until=lambda: coord.finished.is_set() and pool.all_told_done())
+    serve(
+        app,
+        host="127.0.0.1",
+        port=0,
+        cert=str(ca.server_cert_path),
+        key=str(ca.server_key_path),
+        ca=str(ca.ca_cert_path),
+        on_started=started,
+        until=lambda: coord.finished.is_set() and pool.all_told_done(),
+    )
     stop.set()
     wall = time.time() - t0
     rounds = store.rounds()
     out = {
         "model_bytes": model_bytes,
-        "baseline_rss": baseline, "peak_rss": _status("VmHWM"), "after_model_rss": marks["after_model"],
-        "rounds": len(rounds), "round_s": [r["duration_s"] for r in rounds], "wall_s": wall,
+        "baseline_rss": baseline,
+        "peak_rss": _status("VmHWM"),
+        "after_model_rss": marks["after_model"],
+        "rounds": len(rounds),
+        "round_s": [r["duration_s"] for r in rounds],
+        "wall_s": wall,
         "error": None if coord.error is None else str(coord.error),
-        "t0": t0, "timeline": [(round(t - t0, 2), r) for t, r in samples],
+        "t0": t0,
+        "timeline": [(round(t - t0, 2), r) for t, r in samples],
     }
     pool.close()
     store.close()
@@ -124,8 +155,11 @@ class _Perturb:
     def train(self, weights: Any, data: Any, config: Any, seed: int) -> Any:
         from fedblend.task.base import TrainOutput
 
-        return TrainOutput(weights=weights.map(lambda v: (v * np.float32(0.999) + np.float32(0.001)).astype(v.dtype)),
-                           num_examples=100, metrics={"train_loss": 1.0})
+        return TrainOutput(
+            weights=weights.map(lambda v: (v * np.float32(0.999) + np.float32(0.001)).astype(v.dtype)),
+            num_examples=100,
+            metrics={"train_loss": 1.0},
+        )
 
     def evaluate(self, weights: Any, data: Any, reference: Any = None) -> Any:
         from fedblend.task.base import EvalSums
@@ -161,7 +195,9 @@ def main() -> None:
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--keep", help=argparse.SUPPRESS)
-    ap.add_argument("--no-tune", action="store_true", help="leave glibc malloc at its defaults in the server")  # keep the work directory here (debugging)
+    ap.add_argument(
+        "--no-tune", action="store_true", help="leave glibc malloc at its defaults in the server"
+    )  # keep the work directory here (debugging)
     args = ap.parse_args()
     if args.role == "server":
         run_server(args)
@@ -179,8 +215,19 @@ def main() -> None:
         work = Path(d)
         ca = CertificateAuthority.init(work / "ca", server_url="https://127.0.0.1:1")
         bundles = [ca.issue_site(f"site{i}") for i in range(args.sites)]
-        me = [sys.executable, __file__, "--mb", str(args.mb), "--sites", str(args.sites), "--rounds", str(args.rounds), "--dir", d,
-              *(["--no-tune"] if args.no_tune else [])]
+        me = [
+            sys.executable,
+            __file__,
+            "--mb",
+            str(args.mb),
+            "--sites",
+            str(args.sites),
+            "--rounds",
+            str(args.rounds),
+            "--dir",
+            d,
+            *(["--no-tune"] if args.no_tune else []),
+        ]
         t0 = time.monotonic()
         server = subprocess.Popen([*me, "--role", "server"], env=env)
         while not (work / "ready.json").exists():
@@ -188,7 +235,9 @@ def main() -> None:
                 raise SystemExit(f"the server exited with {server.returncode}")
             time.sleep(0.1)
         url = f"https://127.0.0.1:{json.loads((work / 'ready.json').read_text())['port']}"
-        sites = [subprocess.Popen([*me, "--role", "site", "--bundle", str(b), "--server", url], env=env) for b in bundles]
+        sites = [
+            subprocess.Popen([*me, "--role", "site", "--bundle", str(b), "--server", url], env=env) for b in bundles
+        ]
         codes = [p.wait() for p in sites]
         server.wait()
         wall = time.monotonic() - t0
@@ -197,18 +246,27 @@ def main() -> None:
         raise SystemExit(f"run failed: server error {res['error']!r}, site exit codes {codes}")
     model_b = res["model_bytes"]
     delta = res["peak_rss"] - res["baseline_rss"]
-    moved = args.rounds * args.sites * 2 * model_b + args.sites * model_b  # up and down each round, plus the final evaluation
+    moved = (
+        args.rounds * args.sites * 2 * model_b + args.sites * model_b
+    )  # up and down each round, plus the final evaluation
     row = {
-        "model_mib": round(model_b / MIB, 1), "sites": args.sites, "rounds": res["rounds"],
-        "server_baseline_rss_mib": round(res["baseline_rss"] / MIB, 1), "server_peak_rss_mib": round(res["peak_rss"] / MIB, 1),
-        "server_peak_over_baseline_mib": round(delta / MIB, 1), "peak_over_baseline_x_model": round(delta / model_b, 2),
-        "mean_round_s": round(float(np.mean(res["round_s"])), 2), "wall_s": round(wall, 1),
+        "model_mib": round(model_b / MIB, 1),
+        "sites": args.sites,
+        "rounds": res["rounds"],
+        "server_baseline_rss_mib": round(res["baseline_rss"] / MIB, 1),
+        "server_peak_rss_mib": round(res["peak_rss"] / MIB, 1),
+        "server_peak_over_baseline_mib": round(delta / MIB, 1),
+        "peak_over_baseline_x_model": round(delta / model_b, 2),
+        "mean_round_s": round(float(np.mean(res["round_s"])), 2),
+        "wall_s": round(wall, 1),
         "throughput_mib_s": round(moved / MIB / max(1e-9, sum(res["round_s"])), 1),
     }
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{row['model_mib']} MiB model, {args.sites} sites, {args.rounds} rounds over mutual-TLS loopback")
+    table = Table(
+        title=f"{row['model_mib']} MiB model, {args.sites} sites, {args.rounds} rounds over mutual-TLS loopback"
+    )
     for k in row:
         table.add_column(k.replace("_", " "), justify="right")
     table.add_row(*(str(v) for v in row.values()))

@@ -20,6 +20,7 @@ bootstrap interval.
 
     python benchmarks/blend.py --dataset heart --seeds 20 --json
     python benchmarks/blend.py --dataset mnist --alphas 0.1 --seeds 20 --workers 2
+    python benchmarks/blend.py --merge results/a.json results/b.json   # summarize runs together
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,33 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], console: Any) ->
     console.print(t)
 
 
+def show(key: str, cells: list[dict[str, dict[str, float]]], console: Any) -> dict[str, Any]:
+    summary = summarize(cells)
+    print_table(
+        f"{key}: {len(cells)} seeds, test metrics (differences paired by seed, vs FedAvg on train+val)",
+        summary,
+        console,
+    )
+    if key == "heart":
+        console.print(
+            f"heart, mean-of-hospitals test accuracy: default blend {summary['tilt tpe (default)']['test_acc_mean_sites']:.4f}, "
+            f"every-round recipe {summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
+            f"best single hospital {FLAMBY['best_single_hospital']}, pooled-data ceiling {FLAMBY['pooled']}"
+        )
+    return summary
+
+
+def merged_results(paths: list[str]) -> dict[str, dict[int, Any]]:
+    """Per-seed cells from earlier ``--out`` files, by setting and seed (a later file wins a seed)."""
+    out: dict[str, dict[int, Any]] = {}
+    for p in paths:
+        rep = json.loads(Path(p).read_text())
+        for key, val in rep["settings"].items():
+            seeds = val.get("seeds", rep["seeds"])
+            out.setdefault(key, {}).update(dict(zip(seeds, val["per_seed"], strict=True)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("heart", "mnist", "all"), default="heart")
@@ -240,38 +268,41 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes running seeds in parallel")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/blend.json", help="all per-seed numbers are written here")
+    ap.add_argument("--merge", nargs="+", metavar="FILE", help="train nothing: summarize earlier --out files together")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     from rich.console import Console
 
     console = Console(width=200)
-    settings = ([("heart", None)] if args.dataset in ("heart", "all") else []) + (
-        [("mnist", a) for a in args.alphas] if args.dataset in ("mnist", "all") else []
-    )
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"seeds": seeds, "recipe": RECIPE, "settings": {}}
-    with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=get_context("spawn")) as ex:
-        for dataset, alpha in settings:
-            cells = list(
-                ex.map(run_cell, [dataset] * len(seeds), [alpha] * len(seeds), seeds, [args.data_dir] * len(seeds))
-            )
-            key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
-            summary = summarize(cells)
-            report["settings"][key] = {"summary": summary, "per_seed": cells}
-            print_table(
-                f"{key}: {len(seeds)} seeds, test metrics (differences paired by seed, vs FedAvg on train+val)",
-                summary,
-                console,
-            )
-            if dataset == "heart":
-                best = summary["tilt tpe (default)"]["test_acc_mean_sites"]
-                console.print(
-                    f"heart, mean-of-hospitals test accuracy: default blend {best:.4f}, every-round recipe "
-                    f"{summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
-                    f"best single hospital {FLAMBY['best_single_hospital']}, pooled-data ceiling {FLAMBY['pooled']}"
-                )
-    console.print(f"{time.perf_counter() - t0:.0f} s in all")
+    report: dict[str, Any] = {"recipe": RECIPE, "settings": {}}
+    if args.merge:
+        for key, by_seed in merged_results(args.merge).items():
+            seeds = sorted(by_seed)
+            cells = [by_seed[s] for s in seeds]
+            report["settings"][key] = {"seeds": seeds, "summary": show(key, cells, console), "per_seed": cells}
+    else:
+        settings = ([("heart", None)] if args.dataset in ("heart", "all") else []) + (
+            [("mnist", a) for a in args.alphas] if args.dataset in ("mnist", "all") else []
+        )
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        report["seeds"] = seeds
+        with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=get_context("spawn")) as ex:
+            for dataset, alpha in settings:
+                key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
+                futures = {ex.submit(run_cell, dataset, alpha, seed, args.data_dir): seed for seed in seeds}
+                by_seed = {}
+                for fut in as_completed(futures):  # progress, one line per finished seed
+                    seed = futures[fut]
+                    by_seed[seed] = fut.result()
+                    with open(args.out + ".partial.jsonl", "a") as fh:  # survives an interrupted run
+                        fh.write(json.dumps({"setting": key, "seed": seed, "cell": by_seed[seed]}) + "\n")
+                    console.print(
+                        f"{key}: seed {seed} done ({len(by_seed)}/{len(seeds)}, {time.perf_counter() - t0:.0f} s)"
+                    )
+                cells = [by_seed[seed] for seed in seeds]
+                report["settings"][key] = {"seeds": seeds, "summary": show(key, cells, console), "per_seed": cells}
+        console.print(f"{time.perf_counter() - t0:.0f} s in all")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.json:
@@ -282,14 +313,14 @@ def main() -> None:
             json.dumps(
                 {
                     "setting": key,
-                    "seeds": len(seeds),
+                    "seeds": len(report["settings"][key]["seeds"]),
                     "fedavg_acc": s["fedavg"][acc],
                     "uniform_acc": s["uniform"][acc],
                     "blend_acc": s["tilt tpe (default)"][acc],
                     "blend_vs_fedavg_logloss_ci": list(s["tilt tpe (default)"]["d_test_loss"][2:]),
                     "recipe_acc": s["every-round recipe"][acc],
                     "recipe_vs_fedavg_logloss_ci": list(s["every-round recipe"]["d_test_loss"][2:]),
-                    "pooled_ceiling": FLAMBY["pooled"],
+                    **({"pooled_ceiling": FLAMBY["pooled"]} if key == "heart" else {}),
                 }
             )
         )

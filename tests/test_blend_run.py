@@ -80,3 +80,31 @@ def test_show_blend_without_blends(tmp_path, capsys):
     except SystemExit as e:
         assert not e.code
     assert "no blend syntheses" in capsys.readouterr().out
+
+
+def test_print_blends_shows_skipped_and_two_objective_records():
+    import io
+
+    from rich.console import Console
+
+    from blend_util import toy
+    from fedblend.blend import BlendSynthesizer
+    from fedblend.cli.blend_view import print_blends
+
+    pool = toy()
+    ups = pool.updates(2)
+    merged = pool.fedavg(ups)
+    _, two = BlendSynthesizer({"objective": "pooled+worst", "budget": 6}, seed=0).synthesize(
+        pool, merged, merged, ups, 2
+    )
+    _, skipped = BlendSynthesizer({}, seed=0).synthesize(pool, merged, merged, ups[:1], 1)
+
+    class Store:
+        def blends(self):
+            return [{"round": 1, **skipped}, {"round": 2, **two}]
+
+    buf = io.StringIO()
+    print_blends(Store(), Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "blend syntheses: 2 (" in text and "round 1: blend skipped" in text and "min_sites" in text
+    assert "pareto" in text and "round 2: per-site validation" in text and "site_2" in text

@@ -114,7 +114,7 @@ def test_killed_worker_loses_at_most_its_running_trial(tmp_path: Path, data_dir:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         lost = [t for t in load(rd).trials if t.user_attrs.get("worker") == "0" and t.state == TrialState.RUNNING]
-        assert len(lost) <= 1
+        assert len(lost) == 1  # killed mid-trial (a trial takes far longer than the poll that saw it running)
         _, err = survivor.communicate(timeout=240)
         assert survivor.returncode == 0, err.decode()[-3000:]
     finally:

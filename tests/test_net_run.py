@@ -22,9 +22,11 @@ def fleet(tmp_path):
 
 
 def test_three_sites_run_to_the_end_and_equal_the_simulation(fleet, tmp_path):
+    """Smoke run and equivalence, with the blend on: its candidates are scored by the sites."""
     sites = HEART[:3]
-    job = heart_job(tmp_path, rounds=3, data={"dataset": "heart_disease", "num_sites": 3}, deploy={"sites": sites},
-                    strategy={"name": "fedadam", "server_lr": 0.05})
+    job = heart_job(tmp_path, rounds=3, data={"dataset": "heart_disease", "num_sites": 3, "val_fraction": 0.2},
+                    deploy={"sites": sites}, strategy={"name": "fedadam", "server_lr": 0.05},
+                    blend={"budget": 6, "batch_size": 2})
     server = fleet.start_server(job)
     procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in sites]
     for p in procs:
@@ -40,12 +42,15 @@ def test_three_sites_run_to_the_end_and_equal_the_simulation(fleet, tmp_path):
     sim = run_job(load_job(job).with_overrides(**{"pool.kind": "sequential"}), persist=False, data_dir=DATA_DIR)
     assert deployed.equal(sim.weights), "deployed and simulated final weights differ"
     assert rounds[-1]["global_metrics"]["test_acc"] == pytest.approx(sim.final_metrics["test_acc"])
+    blends = st.blends()
+    untimed = {k: v for k, v in sim.history[-1].blend.items() if k != "timing"}
+    assert [b["round"] for b in blends] == [3] and {k: v for k, v in blends[0].items() if k != "timing"} == {"round": 3, **untimed}
     # the dashboard's view: site states, data versions, row counts, stats, events
     by_site = {s["site_id"]: s for s in st.sites()}
     assert set(by_site) == set(sites)
     assert by_site["cleveland"]["num_rows"] == 303 and len(by_site["cleveland"]["data_version"]) == 16
     assert all(s["state"] == "offline" for s in by_site.values())  # each was told the job is done and left
-    assert st.site_stats()["hungary"]["num_train"] == 172
+    assert st.site_stats()["hungary"]["num_train"] == 138  # FLamby's 172 training rows, 20% carved for validation
     kinds = [e["kind"] for e in st.events()]
     assert kinds.count("site_registered") == 3 and "cycle_finished" in kinds
     assert st.meta()["status"] == "finished"

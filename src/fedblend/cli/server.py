@@ -134,10 +134,9 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
         serve(app, host=host, port=port, cert=str(ca.server_cert_path), key=str(ca.server_key_path), ca=str(ca.ca_cert_path),
               on_started=started, until=until)
     finally:
-        coord.shutdown()
-        if not coord.finished.is_set() and coord.error is None:
+        coord.shutdown()  # closes the pool
+        if not coord.completed and coord.error is None:
             store.set_status("interrupted")
-        pool.close()
         rounds = store.rounds()
         store.close()
     if coord.error is not None:

@@ -31,6 +31,13 @@ def _value(values: Any, i: int = 0) -> str:
     return fmt(values[i]) if values else "-"
 
 
+def _param(v: Any) -> str:
+    """Searched values: 4 significant digits (learning rates span decades)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return fmt(v)
+
+
 def trials_table(outcome: Any, limit: int = 20) -> Table:
     """The trials, best first (finished ones by the first metric), with state, rounds and time."""
     metrics = outcome.metrics
@@ -60,7 +67,7 @@ def trials_table(outcome: Any, limit: int = 20) -> Table:
     for t in shown:
         mark = "[bold green]*[/]" if t.number in best else ""
         vals = [(_value(t.values, i) if t.values else "-") for i in range(len(metrics))]
-        params = [fmt(t.params.get(k)) if k in t.params else "" for k in keys]
+        params = [_param(t.params[k]) if k in t.params else "" for k in keys]
         state = t.state if t.state != "fail" else f"[red]fail[/] {(t.fail_reason or '')[:40]}"
         table.add_row(f"{t.number}{mark}", state, *vals, *params, fmt(t.rounds_done), fmt(t.duration_s, 1), t.worker or "-")
     return table
@@ -92,7 +99,7 @@ def show_outcome(outcome: Any) -> None:
     console.print(f"trials: {counts}")
     for t in outcome.best:
         vals = "  ".join(f"{m}={fmt(v)}" for m, v in zip(outcome.metrics, t.values or (), strict=False))
-        console.print(f"[bold]best[/] trial {t.number}: {vals}  " + "  ".join(f"{k}={fmt(v)}" for k, v in t.params.items()))
+        console.print(f"[bold]best[/] trial {t.number}: {vals}  " + "  ".join(f"{k}={_param(v)}" for k, v in t.params.items()))
     if outcome.best_job_path is not None:
         console.print(f"best job written to [bold]{outcome.best_job_path}[/]  (fedblend simulate {outcome.best_job_path})")
     else:

@@ -70,6 +70,7 @@ class SiteAgent:
         self._stop = threading.Event()
         self._need_register = threading.Event()
         self._last_check = 0.0
+        self._models: dict[str, Weights] = {}
         self.message = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -188,6 +189,14 @@ class SiteAgent:
             self.client.call("POST", f"/v1/tasks/{item.task_id}/fail", json={"reason": f"{type(exc).__name__}: {exc}"[:1900]})
 
     def _download(self, ref: ModelRef) -> Weights:
+        cached = self._models.get(ref.sha256)
+        if cached is not None:  # e.g. the blend's reference, scored against many candidates
+            return cached
+        w = self._fetch(ref)
+        self._models = {ref.sha256: w, **dict(list(self._models.items())[:1])}  # the last two models
+        return w
+
+    def _fetch(self, ref: ModelRef) -> Weights:
         buf = bytearray()
         whole = hashlib.sha256()
         for i, want in enumerate(ref.chunks):

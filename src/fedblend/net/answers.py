@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedblend.net.fleet import Fleet, Result, _Task
-from fedblend.net.spool import Upload
+from fedblend.net.spool import ChunkWriter, Upload
 from fedblend.net.wire import ChunkAck, EvalResult, Receipt, UploadManifest, UploadTicket, WireError, WorkItem
 from fedblend.records import EvalReport, SiteFailure, SiteUpdate
 
@@ -79,11 +81,24 @@ class TaskAnswers(Fleet):
         return UploadTicket(upload_id=up.upload_id, chunk_bytes=up.chunk_bytes, received=[])
 
     def put_chunk(self, site: str, upload_id: str, index: int, data: bytes) -> ChunkAck:
-        up = self._upload_for(site, upload_id)
-        if up.done:
-            return ChunkAck(index=index, received=up.num_chunks, total=up.num_chunks)
-        self._spool.put_chunk(up, index, data)
-        return ChunkAck(index=index, received=len(up.received), total=up.num_chunks)
+        w = self.chunk_writer(site, upload_id, index)
+        w.write(data)
+        w.finish()
+        return self.chunk_ack(upload_id, index)
+
+    def chunk_writer(self, site: str, upload_id: str, index: int) -> ChunkWriter:
+        """A writer that streams chunk ``index`` of an upload to disk (see ``spool.ChunkWriter``)."""
+        return self._spool.chunk_writer(self._upload_for(site, upload_id), index)
+
+    def chunk_ack(self, upload_id: str, index: int) -> ChunkAck:
+        up = self._uploads.get(upload_id)
+        n = up.num_chunks if up is not None else 0
+        return ChunkAck(index=index, received=len(up.received) if up is not None else 0, total=n)
+
+    def chunk_span(self, site: str, model_id: str, index: int) -> tuple[Path, int, int]:
+        with self._lock:
+            self._registered(site)
+        return self._spool.chunk_span(model_id, index)
 
     def commit_upload(self, site: str, upload_id: str) -> Receipt:
         up = self._upload_for(site, upload_id)

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fedblend.errors import ConfigError
-from fedblend.net.identity import ADMIN_ROLE, SITE_ROLE, SiteBundle, check_site_name, hash_token
+from fedblend.net.identity import ADMIN_ROLE, SITE_ROLE, SiteBundle, check_site_name, hash_token, norm_serial
 
 __all__ = ["CertificateAuthority", "RevocationList", "read_revoked", "add_revoked"]
 
@@ -72,7 +72,10 @@ class RevocationList:
 
     def is_revoked(self, serial: str) -> bool:
         self.refresh()
-        return serial.upper() in self._serials
+        try:
+            return norm_serial(serial) in self._serials
+        except ValueError:
+            return True  # not a serial at all: refuse
 
     def entries(self) -> dict[str, dict[str, Any]]:
         self.refresh(force=True)
@@ -84,14 +87,14 @@ def read_revoked(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {str(k).upper(): dict(v) for k, v in data.get("serials", {}).items()}
+        return {norm_serial(str(k)): dict(v) for k, v in data.get("serials", {}).items()}
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: revocation list is not valid JSON ({exc}); restore it from a backup") from None
 
 
 def add_revoked(path: Path, serials: dict[str, dict[str, Any]]) -> None:
     current = read_revoked(path)
-    current.update({k.upper(): v for k, v in serials.items()})
+    current.update({norm_serial(k): v for k, v in serials.items()})
     _write_json(path, {"serials": current})
 
 

@@ -46,7 +46,7 @@ class DeploySpec(_Strict):
     sites: list[str] = Field(default_factory=list, description="expected sites, in sampling order; empty: whoever enrolls")
     min_sites_to_start: int | None = Field(default=None, ge=1, description="default: all of `sites`, else 1")
     start_timeout_s: float = Field(default=0.0, ge=0, description="give up waiting for sites to start (0: wait forever)")
-    quorum: int | None = Field(default=None, ge=1, description="usable updates a round needs at its deadline (default: all planned)")
+    quorum: int | None = Field(default=None, ge=1, description="usable updates a round needs at its deadline (default 1)")
     deadline_s: float = Field(default=3600.0, gt=0, description="training deadline per round")
     eval_deadline_s: float | None = Field(default=None, gt=0, description="evaluation deadline (default: deadline_s)")
     heartbeat_s: float = Field(default=5.0, gt=0, le=3600)

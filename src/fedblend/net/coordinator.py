@@ -41,6 +41,7 @@ class Coordinator:
         self._paused = threading.Event()  # admin stop
         self._start_now = threading.Event()  # admin start
         self.finished = threading.Event()
+        self.completed = False  # ran to its end (not stopped by a shutdown)
         self.error: BaseException | None = None
         self.federation: Federation | None = None
         self.status = "starting"
@@ -55,7 +56,9 @@ class Coordinator:
         self._thread.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop: a round in progress is abandoned (the pool is closed), nothing is committed for it."""
         self.stop_event.set()
+        self.pool.close()
         self._thread.join(timeout)
 
     def admin_stop(self) -> None:
@@ -78,6 +81,7 @@ class Coordinator:
     def _main(self) -> None:
         try:
             self._run()
+            self.completed = not self.stop_event.is_set()
         except TransportError as exc:
             if not self.stop_event.is_set():
                 self.error = exc

@@ -31,6 +31,7 @@ __all__ = [
     "check_site_name",
     "identity_from_peercert",
     "hash_token",
+    "norm_serial",
     "SITE_ROLE",
     "ADMIN_ROLE",
 ]
@@ -52,6 +53,12 @@ def check_site_name(name: str) -> str:
     if name.lower() in _RESERVED:
         raise ConfigError(f"site name {name!r} is reserved; pick another name (reserved: {sorted(_RESERVED)})")
     return name
+
+
+def norm_serial(serial: str | int) -> str:
+    """A certificate serial as upper-case hex without leading zeros (``getpeercert()`` pads to whole
+    bytes, so ``0A1B`` and ``A1B`` are the same serial)."""
+    return format(serial if isinstance(serial, int) else int(str(serial), 16), "X")
 
 
 def hash_token(token: str) -> str:
@@ -150,7 +157,7 @@ class Identity:
 
     name: str
     role: str
-    serial: str  # upper-case hex, as ``ssl.getpeercert()`` writes it
+    serial: str  # upper-case hex without leading zeros (``norm_serial``)
 
     @property
     def is_admin(self) -> bool:
@@ -166,7 +173,10 @@ def identity_from_peercert(cert: dict[str, Any] | None) -> Identity | None:
         for key, value in rdn:
             fields.setdefault(key, value)
     name, role = fields.get("commonName"), fields.get("organizationalUnitName")
-    serial = str(cert.get("serialNumber", "")).upper()
-    if not name or role not in (SITE_ROLE, ADMIN_ROLE) or not serial:
+    try:
+        serial = norm_serial(str(cert.get("serialNumber", "")))
+    except ValueError:
+        return None
+    if not name or role not in (SITE_ROLE, ADMIN_ROLE):
         return None
     return Identity(name=name, role=role, serial=serial)

@@ -34,6 +34,7 @@ from fedblend.weights import Weights
 __all__ = ["DeploymentPool"]
 
 log = logging.getLogger(__name__)
+_RefCache = tuple[Weights, ModelRef]
 
 
 class DeploymentPool(TaskAnswers):
@@ -42,9 +43,12 @@ class DeploymentPool(TaskAnswers):
     ``DeploymentPool(spec, spool_dir=..., job_toml=..., store=..., schema=..., on_schema=...)``
     """
 
+    _ref_cache: _RefCache | None = None  # the last reference model sent (a blend's FedAvg merge)
+
     def train(self, plan: RoundPlan, weights: Weights) -> list[SiteUpdate | SiteFailure]:
         with self._lock:
             self._round = plan.round
+            self._ref_cache = None
             old = [u.path for u in self._uploads.values()]
             self._uploads.clear()
             self._tasks = {k: t for k, t in self._tasks.items() if t.kind != "train"}
@@ -66,7 +70,14 @@ class DeploymentPool(TaskAnswers):
     def evaluate(self, weights: Weights, site_ids: Sequence[str], split: str,
                  reference: Weights | None = None) -> list[EvalReport | SiteFailure]:
         ref = self._publish(weights)
-        refref = self._publish(reference, retire=False) if reference is not None else None
+        refref = None
+        if reference is not None:  # a blend scores many candidates against one reference: send it once
+            cached = self._ref_cache
+            if cached is not None and cached[0] is reference:
+                refref = cached[1]
+            else:
+                refref = self._publish(reference, retire=False)
+                self._ref_cache = (reference, refref)
         with self._lock:
             rnd = self._round
         deadline = self.spec.eval_deadline_s or self.spec.deadline_s
@@ -82,6 +93,8 @@ class DeploymentPool(TaskAnswers):
         if retire:
             with self._lock:
                 keep = {t.model.model_id for t in self._tasks.values() if not self._batches[t.batch_id].closed}
+                if self._ref_cache is not None:
+                    keep.add(self._ref_cache[1].model_id)
             self._spool.retire_models(keep)
         return self._spool.publish(weights)
 

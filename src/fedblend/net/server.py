@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedblend.net.ca import RevocationList
@@ -55,6 +55,7 @@ __all__ = ["create_app", "serve", "tune_malloc", "JSON_LIMIT_BYTES"]
 
 log = logging.getLogger(__name__)
 JSON_LIMIT_BYTES = 4 * 1024 * 1024
+_PIECE = 256 * 1024
 
 
 class _TooLarge(Exception):
@@ -235,7 +236,24 @@ def create_app(pool: DeploymentPool, *, revocations: RevocationList, admin_token
 
     @app.get("/v1/models/{model_id}/chunks/{index}", response_class=Response)
     def model_chunk(model_id: str, index: int, name: str = Depends(site)) -> Response:
-        return Response(pool.read_chunk(name, model_id, index), media_type="application/octet-stream")
+        path, offset, length = pool.chunk_span(name, model_id, index)
+        try:
+            f = open(path, "rb")  # closed by the generator below
+        except FileNotFoundError:
+            raise WireError("gone", f"model {model_id!r} is no longer offered (its round is over); fetch new work") from None
+
+        def pieces() -> Any:  # streamed in small pieces: memory per download stays ~256 KiB
+            with f:
+                f.seek(offset)
+                left = length
+                while left > 0:
+                    b = f.read(min(_PIECE, left))
+                    if not b:
+                        return
+                    left -= len(b)
+                    yield b
+
+        return StreamingResponse(pieces(), media_type="application/octet-stream", headers={"content-length": str(length)})
 
     @app.post("/v1/tasks/{task_id}/upload", response_model=UploadTicket)
     def begin_upload(task_id: str, manifest: UploadManifest, name: str = Depends(site)) -> UploadTicket:
@@ -243,8 +261,15 @@ def create_app(pool: DeploymentPool, *, revocations: RevocationList, admin_token
 
     @app.put("/v1/uploads/{upload_id}/chunks/{index}", response_model=ChunkAck)
     async def put_chunk(upload_id: str, index: int, request: Request, name: str = Depends(site)) -> ChunkAck:
-        data = await request.body()
-        return await run_in_threadpool(pool.put_chunk, name, upload_id, index, data)
+        writer = await run_in_threadpool(pool.chunk_writer, name, upload_id, index)
+        try:  # written to the spool file as it arrives: nothing of the chunk is buffered
+            async for piece in request.stream():
+                if piece:
+                    writer.write(piece)
+            writer.finish()
+        finally:
+            writer.abort()
+        return pool.chunk_ack(upload_id, index)
 
     @app.post("/v1/uploads/{upload_id}/commit", response_model=Receipt)
     def commit(upload_id: str, name: str = Depends(site)) -> Receipt:

@@ -23,7 +23,7 @@ from fedblend.net.codec import DiskWeights, file_digests, write_weights
 from fedblend.net.wire import ModelRef, UploadManifest, WireError
 from fedblend.weights import Weights
 
-__all__ = ["Spool", "Upload"]
+__all__ = ["Spool", "Upload", "ChunkWriter"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,47 @@ class Upload:
     def expected_len(self, index: int) -> int:
         start = index * self.chunk_bytes
         return min(self.chunk_bytes, self.manifest.size - start)
+
+
+class ChunkWriter:
+    """Writes one uploaded chunk straight into the spool file as it streams in (nothing buffered),
+    then checks its length and sha256. A chunk received before is not written again."""
+
+    def __init__(self, up: Upload, index: int) -> None:
+        self.up, self.index = up, index
+        self.want = up.expected_len(index)
+        self.base = index * up.chunk_bytes
+        self.skip = index in up.received
+        self.n = 0
+        self.h = hashlib.sha256()
+        self.fd = -1 if self.skip else os.open(up.path, os.O_WRONLY)
+
+    def write(self, piece: bytes) -> None:
+        if self.n + len(piece) > self.want:
+            self.abort()
+            raise WireError("bad_chunk", f"chunk {self.index} is longer than the {self.want} bytes expected (padded chunk)", record=True)
+        if not self.skip:
+            os.pwrite(self.fd, piece, self.base + self.n)
+            self.h.update(piece)
+        self.n += len(piece)
+
+    def finish(self) -> None:
+        self.abort()
+        if self.skip:
+            return
+        if self.n != self.want:
+            raise WireError("bad_chunk", f"chunk {self.index} has {self.n} bytes, expected {self.want} (truncated or padded chunk)", record=True)
+        digest = self.h.hexdigest()
+        if digest != self.up.manifest.chunks[self.index]:
+            raise WireError("bad_chunk", f"chunk {self.index} sha256 {digest[:12]}... does not match the manifest's "
+                            f"{self.up.manifest.chunks[self.index][:12]}... (corrupted in transit); send it again", record=True)
+        with self.up.lock:
+            self.up.received.add(self.index)
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Spool:
@@ -77,7 +118,8 @@ class Spool:
             self._models[model_id] = (path, ref)
         return ref
 
-    def read_chunk(self, model_id: str, index: int) -> bytes:
+    def chunk_span(self, model_id: str, index: int) -> tuple[Path, int, int]:
+        """(file, offset, length) of chunk ``index`` of a published model."""
         with self._lock:
             entry = self._models.get(model_id)
         if entry is None:
@@ -85,10 +127,15 @@ class Spool:
         path, ref = entry
         if not 0 <= index < len(ref.chunks):
             raise WireError("not_found", f"model {model_id!r} has chunks 0..{len(ref.chunks) - 1} (asked for {index})")
+        offset = index * ref.chunk_bytes
+        return path, offset, min(ref.chunk_bytes, ref.size - offset)
+
+    def read_chunk(self, model_id: str, index: int) -> bytes:
+        path, offset, length = self.chunk_span(model_id, index)
         try:
             with open(path, "rb") as f:
-                f.seek(index * ref.chunk_bytes)
-                return f.read(ref.chunk_bytes)
+                f.seek(offset)
+                return f.read(length)
         except FileNotFoundError:
             raise WireError("gone", f"model {model_id!r} is no longer offered (its round is over); fetch new work") from None
 
@@ -127,23 +174,15 @@ class Spool:
             f.truncate(manifest.size)
         return up
 
-    def put_chunk(self, up: Upload, index: int, data: bytes) -> None:
+    def chunk_writer(self, up: Upload, index: int) -> ChunkWriter:
         if not 0 <= index < up.num_chunks:
             raise WireError("bad_chunk", f"chunk index {index} is out of range 0..{up.num_chunks - 1}", record=True)
-        want = up.expected_len(index)
-        if len(data) != want:
-            raise WireError("bad_chunk", f"chunk {index} has {len(data)} bytes, expected {want} (truncated or padded chunk)", record=True)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != up.manifest.chunks[index]:
-            raise WireError("bad_chunk", f"chunk {index} sha256 {digest[:12]}... does not match the manifest's "
-                            f"{up.manifest.chunks[index][:12]}... (corrupted in transit); send it again", record=True)
-        fd = os.open(up.path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, index * up.chunk_bytes)
-        finally:
-            os.close(fd)
-        with up.lock:
-            up.received.add(index)
+        return ChunkWriter(up, index)
+
+    def put_chunk(self, up: Upload, index: int, data: bytes) -> None:
+        w = self.chunk_writer(up, index)
+        w.write(data)
+        w.finish()
 
     def finish(self, up: Upload) -> DiskWeights:
         """Check the assembled file; raises WireError('rejected') with the reason when it is bad."""

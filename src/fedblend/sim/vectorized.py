@@ -111,15 +111,15 @@ class VectorizedPool:
         if len(self.runners) != len(runners):
             raise ConfigError("VectorizedPool: site ids must be unique")
         self.task = task if task is not None else runners[0].task
+        reason = vmap_blocker(self.task)
+        if reason is not None:
+            raise ConfigError(f"pool kind 'vectorized' cannot run this task: {reason}; use 'process' or 'sequential'")
         for r in runners:
             if r.task is not self.task and getattr(r.task, "get_params", lambda: None)() != self.task.get_params():
                 raise ConfigError(
                     f"VectorizedPool: site {r.site_id!r} runs a different task than the others; "
                     "vectorization needs one model for all sites (use pool kind 'sequential' or 'process')"
                 )
-        reason = vmap_blocker(self.task)
-        if reason is not None:
-            raise ConfigError(f"pool kind 'vectorized' cannot run this task: {reason}; use 'process' or 'sequential'")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
             raise ConfigError(
                 f"VectorizedPool: 'chunk_size' must be an integer >= 0, 0 for automatic (got {chunk_size!r})"
@@ -161,9 +161,7 @@ class VectorizedPool:
         except Exception as exc:
             return [SiteFailure(sid, plan.round, f"{type(exc).__name__}: {exc}") for sid in plan.site_ids]
         jobs: list[ClientJob] = []
-        for sid in plan.site_ids:
-            if sid in done:
-                continue
+        for sid in dict.fromkeys(plan.site_ids):  # a site listed twice trains once
             try:
                 jobs.append(self._job(sid, plan, cfg))
             except Exception as exc:
