@@ -57,3 +57,18 @@ def test_imports_point_down() -> None:
             if LAYERS[other] > LAYERS[me] or (LAYERS[other] == LAYERS[me] and (me, other) in {("blend", "engine")}):
                 bad.append(f"{rel} imports {mod} (layer {LAYERS[other]} > {LAYERS[me]})")
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_the_deployment_server_stack_does_not_load_torch() -> None:
+    # the server aggregates numpy arrays; torch would add ~150 MB to its resident memory
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import fedblend.net.server, fedblend.net.coordinator, fedblend.net.pool, fedblend.engine.federation\n"
+        "import fedblend.store, fedblend.strategies, fedblend.blend\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:500]

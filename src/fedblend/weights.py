@@ -7,6 +7,7 @@ codec is safetensors (no pickle anywhere).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -120,10 +121,35 @@ class Weights(Mapping[str, np.ndarray]):
     def to_bytes(self, metadata: Mapping[str, str] | None = None) -> bytes:
         from safetensors.numpy import save
 
-        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays.items()}
+        return save(self._contiguous(), metadata=self._header_metadata(metadata))
+
+    def save_file(self, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+        """Write the safetensors encoding straight to ``path`` (no second copy of the model in memory)."""
+        from safetensors.numpy import save_file
+
+        save_file(self._contiguous(), os.fspath(path), metadata=self._header_metadata(metadata))
+
+    @classmethod
+    def load_file_with_metadata(cls, path: str | os.PathLike[str]) -> tuple[Weights, dict[str, str]]:
+        """Read a file written by ``save_file``; raises FedblendError on a malformed file."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="np") as f:
+                meta = dict(f.metadata() or {})
+                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise FedblendError(f"{path}: not a valid safetensors file: {exc}") from None
+        return cls._ordered(arrays, meta), meta
+
+    def _contiguous(self) -> dict[str, np.ndarray]:
+        # ascontiguousarray makes 0-d arrays 1-d: reshape keeps scalars scalars
+        return {k: np.ascontiguousarray(v).reshape(v.shape) for k, v in self._arrays.items()}
+
+    def _header_metadata(self, metadata: Mapping[str, str] | None) -> dict[str, str]:
         meta = dict(metadata or {})
         meta["__order__"] = ",".join(self._arrays)
-        return save(arrays, metadata=meta)
+        return meta
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Weights:
@@ -150,10 +176,15 @@ class Weights(Mapping[str, np.ndarray]):
             raise
         except Exception as exc:  # safetensors raises several types for corrupt input
             raise FedblendError(f"weights payload is not valid safetensors: {exc}") from None
+        return cls._ordered(arrays, meta), meta
+
+    @classmethod
+    def _ordered(cls, arrays: Mapping[str, np.ndarray], meta: dict[str, str]) -> Weights:
+        """The arrays in the order recorded at save time (``__order__`` is removed from ``meta``)."""
         order = [k for k in meta.pop("__order__", "").split(",") if k]
         if sorted(order) != sorted(arrays):
             order = sorted(arrays)
-        return cls((k, arrays[k]) for k in order), meta
+        return cls((k, arrays[k]) for k in order)
 
     def digest(self) -> str:
         h = hashlib.sha256()

@@ -100,14 +100,13 @@ class SqlRunStore:
         for group, w in strategy_state.items():
             for k, v in w.items():
                 arrays[f"{_STATE_PREFIX}{group}/{k}"] = v
-        payload = Weights(arrays).to_bytes(
-            {"round": str(result.round), "extra": json.dumps(extra), "groups": json.dumps(list(strategy_state))}
-        )
         path = self._ckpt_path(result.round)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
+        # straight to disk: encoding into bytes first would hold a second copy of the model
+        Weights(arrays).save_file(
+            tmp, {"round": str(result.round), "extra": json.dumps(extra), "groups": json.dumps(list(strategy_state))}
+        )
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         now = time.time()
@@ -170,7 +169,7 @@ class SqlRunStore:
         path = self._ckpt_path(rnd)
         if not path.exists():
             raise StoreError(f"checkpoint of round {rnd} is missing: {path}")
-        arrays, meta = Weights.from_bytes_with_metadata(path.read_bytes())
+        arrays, meta = Weights.load_file_with_metadata(path)
         weights = Weights((k, v) for k, v in arrays.items() if not k.startswith(_STATE_PREFIX))
         state: dict[str, dict[str, Any]] = {g: {} for g in json.loads(meta.get("groups", "[]"))}
         for k, v in arrays.items():
