@@ -145,11 +145,11 @@ def test_user_csv_sites_job(tmp_path, capsys):
         x = rng.normal(size=(120, 3))
         y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
         path = tmp_path / f"{site}.csv"
-        lines = ["a,b,c,label"] + [f"{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}" for r, t in zip(x, y)]
+        lines = ["a,b,c,label"] + [f"{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}" for r, t in zip(x, y, strict=False)]
         path.write_text("\n".join(lines) + "\n")
         files[site] = str(path)
     text = GOOD.replace('[data]\ndataset = "heart_disease"',
-                        '[data]\ndataset = "csv"\nlabel_column = "label"\nfiles = { north = "%s", south = "%s" }' % (files["north"], files["south"]))
+                        f'[data]\ndataset = "csv"\nlabel_column = "label"\nfiles = {{ north = "{files["north"]}", south = "{files["south"]}" }}')
     text = text.replace("local_steps = 5", "local_steps = 30").replace("lr = 0.01", "lr = 0.5")
     code, out, err = run_cli(["simulate", str(write(tmp_path, text)), "-q"], capsys)
     assert code == 0, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jobs_util import heart_job
 
 from fedblend.engine import Federation, Sampling, UpdateValidator
 from fedblend.errors import ConfigError, QuorumError
@@ -14,6 +13,7 @@ from fedblend.sim.local import SequentialPool
 from fedblend.store import SqlRunStore
 from fedblend.strategies import make_strategy
 from fedblend.weights import Weights
+from jobs_util import heart_job
 
 
 def test_same_job_and_seed_give_bit_identical_weights(tmp_path):

@@ -99,7 +99,6 @@ def test_a_dead_site_and_a_slow_site_do_not_stop_the_run(fleet, tmp_path):
     st.close()
 
 
-@pytest.mark.slow
 def test_killed_server_resumes_and_reaches_the_uninterrupted_model(fleet, tmp_path, free_port):
     sites = HEART[:3]
     job = heart_job(tmp_path, rounds=6, data={"dataset": "heart_disease", "num_sites": 3}, deploy={"sites": sites})

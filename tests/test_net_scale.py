@@ -3,15 +3,12 @@ deployed model is bit-identical to the simulation of the same job (sampling incl
 
 from __future__ import annotations
 
-import pytest
-
 from fedblend.data import site_names
 from fedblend.jobs import load_job
 from fedblend.runner import run_job
 from net_helpers import DATA_DIR, heart_job, make_fleet
 
 
-@pytest.mark.slow
 def test_sixteen_sites_twenty_rounds(tmp_path):
     sites = site_names(16)
     job = heart_job(tmp_path, rounds=20, data={"dataset": "heart_disease", "partition": "iid", "num_sites": 16},

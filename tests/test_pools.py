@@ -27,13 +27,11 @@ class TestProcessPool(SitePoolContract):
         return ProcessPool(runners, workers=2)
 
 
-@pytest.mark.slow
 class TestVectorizedProcessPool(SitePoolContract):
     def make_pool(self, runners):
         return ProcessPool(runners, workers=2, inner="vectorized")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'fedblend[ray]')"
 )

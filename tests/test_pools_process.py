@@ -29,7 +29,6 @@ def test_a_crashed_worker_fails_its_sites_for_one_round_then_comes_back():
         assert all(isinstance(u, SiteUpdate) and u.round == 2 for u in again)
 
 
-@pytest.mark.slow
 def test_a_hung_worker_times_out():
     with ProcessPool(_runners(HangingRunner), workers=2) as pool:
         w0 = pool._runners["s0"].task.init_weights(0)

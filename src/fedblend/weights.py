@@ -218,7 +218,7 @@ def weighted_sum(items: Sequence[Mapping[str, np.ndarray]], coeffs: Sequence[flo
     out: dict[str, np.ndarray] = {}
     for k, v in first.items():
         acc = np.zeros(v.shape, dtype=np.float64)
-        for item, c in zip(items, coeffs):
+        for item, c in zip(items, coeffs, strict=False):
             acc += float(c) * item[k]
         out[k] = acc.astype(v.dtype) if v.dtype.kind == "f" else np.asarray(first[k]).copy()
     return Weights(out)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from rich.console import Console
-
-import sys
 
 # Wide enough for the results tables when output goes to a file or a CI log.
 _width = None if sys.stdout.isatty() else 140

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, standalone_mode=True)
     except FedblendError as exc:
-        from fedblend.cli.common import err_console
-
         from rich.markup import escape
+
+        from fedblend.cli.common import err_console
 
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None

@@ -23,7 +23,7 @@ import numpy as np
 from fedblend.engine.ports import RunStore, SitePool
 from fedblend.engine.validate import UpdateValidator
 from fedblend.errors import ConfigError, QuorumError
-from fedblend.records import EvalReport, RoundPlan, RoundResult, SiteFailure, SiteUpdate
+from fedblend.records import EvalReport, RoundPlan, RoundResult, SiteUpdate
 from fedblend.strategies.base import Strategy
 from fedblend.weights import Weights
 
