@@ -31,6 +31,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, strategy):
     full = run_job(job, run_dir=tmp_path / "full")
     part = run_job(job, run_dir=tmp_path / "part", until=2)  # stops after round 2, as if killed
     assert len(part.history) == 2
+    # only the latest round keeps its weights in memory; the store has every round's checkpoint
+    assert len(part.history[0].weights) == 0 and part.history[-1].weights.equal(part.weights)
     resumed = run_job(job, run_dir=tmp_path / "part", resume=True)
     assert resumed.start_round == 2
     assert [r.round for r in resumed.history] == [3, 4, 5]

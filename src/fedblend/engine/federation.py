@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -117,6 +117,7 @@ class Federation:
             raise ConfigError(f"eval_every must be >= 0 (got {self.eval_every!r})")
         self.weights = self.initial_weights
         self.round = 0  # last completed round
+        # every round's result; only the latest keeps its weights (the store has every checkpoint)
         self.history: list[RoundResult] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -201,6 +202,8 @@ class Federation:
             self.store.commit_round(result, self.strategy.state_dict(), {"seed": self.seed})
         self.weights = merged
         self.round = rnd
+        if self.history:  # earlier rounds keep their metrics, not their weights (memory flat over rounds)
+            self.history[-1] = replace(self.history[-1], weights=Weights({}))
         self.history.append(result)
         for cb in self.callbacks:
             cb(result)
