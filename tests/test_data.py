@@ -45,7 +45,7 @@ def test_data_dir_precedence(tmp_path, monkeypatch, data_dir):
     monkeypatch.delenv(DATA_DIR_ENV)
     default = (REPO.parent / "shared" / "data").resolve()
     if default.is_dir():  # default: <repo>/../shared/data
-        assert resolve_data_dir(None) == default
+        assert resolve_data_dir(None).resolve() == default
     assert (data_dir / "README.md").is_file()
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedblend.sim.chain import ChainTrainer
 from fedblend.sim.functional import StackedOptimizer
 from fedblend.sim.fused import FusedLinearSGD, NotFusable
 from fedblend.task.config import TrainConfig
@@ -83,6 +84,7 @@ class StackedTrainer:
             lambda p, fz, x: functional_call(model, (p, fz), (x,)), in_dims=(0, None, 0)
         )
         self.fused = FusedLinearSGD(model, self.trainable, self.client_loss)
+        self.chain = ChainTrainer(model, self.trainable, task, self.client_loss)
 
     def client_loss(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         """Each client's mean loss over its batch (over its real examples when ``w`` masks padding),
@@ -102,23 +104,57 @@ class StackedTrainer:
         c, s_max = len(sjobs), int(steps.max())
         bsz = max(len(b) for j in sjobs for b in j.batches)
         idx, mask, full = _index_plan(sjobs, s_max, bsz)
+        active = [int((steps[order] > s).sum()) for s in range(s_max)]
+        settings = self.task.optimizer_settings(cfg)
+        mu = float(cfg.proximal_mu)
+        anchor = {n: torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable}
+        losses = None
+        if self.chain.usable(sjobs):  # hand-written Linear/ReLU training, no autograd
+            params = {n: _stack(weights[n], c, dev) for n in self.trainable}
+            try:
+                losses = self.chain.run(params, anchor, sjobs, idx, mask, full, active, settings, mu)
+            except NotFusable:
+                losses = None
+        if losses is None:
+            params, losses = self._train_general(weights, sjobs, idx, mask, full, active, settings, mu, anchor)
+        loss_sums = losses.double().sum(dim=1).cpu().numpy()
+        stacked = {n: p.detach().cpu().numpy() for n, p in params.items()}
+        results: list[ClientResult | None] = [None] * c
+        for pos, job_i in enumerate(order):
+            arrays = {n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights}
+            n_steps = int(steps[job_i])
+            mean = float(loss_sums[pos] / n_steps) if n_steps else math.nan
+            results[job_i] = ClientResult(jobs[job_i].site_id, Weights(arrays), mean, n_steps)
+        return [r for r in results if r is not None]
+
+    def _train_general(
+        self,
+        weights: Weights,
+        sjobs: Sequence[ClientJob],
+        idx: np.ndarray,
+        mask: np.ndarray,
+        full: list[bool],
+        active: list[int],
+        settings: dict[str, Any],
+        mu: float,
+        anchors: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """vmap + autograd (or the fused Linear path): the trained stacked parameters and the
+        per-step losses (C, S)."""
+        dev = self.device
+        c, s_max = idx.shape[0], idx.shape[1]
         x_all = torch.cat([j.x for j in sjobs]).to(dev)
         y_all = torch.cat([j.y for j in sjobs]).to(dev)
         idx_t = torch.from_numpy(idx).to(dev)
         mask_t = torch.from_numpy(mask).to(dev)
-        active = [int((steps[order] > s).sum()) for s in range(s_max)]
-
-        fuse = self.fused.usable(self.task.optimizer_settings(cfg))
+        fuse = self.fused.usable(settings)
         params = {n: _stack(weights[n], c, dev).requires_grad_(not fuse) for n in self.trainable}
         frozen = {n: torch.from_numpy(np.array(weights[n])).to(dev) for n in self.frozen}
         plist = list(params.values())
-        settings = self.task.optimizer_settings(cfg)
-        opt = StackedOptimizer(settings, mu=float(cfg.proximal_mu))
-        anchor = [torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable]
-        state = opt.init(plist, anchor if cfg.proximal_mu > 0 else None)
+        opt = StackedOptimizer(settings, mu=mu)
+        anchor = [anchors[n] for n in self.trainable]
+        state = opt.init(plist, anchor if mu > 0 else None)
         losses = torch.zeros((c, s_max), dtype=torch.float32, device=dev)
-        mu = float(cfg.proximal_mu)
-        anchors = dict(zip(self.trainable, anchor, strict=True))
 
         for s in range(s_max):
             k = active[s]
@@ -139,16 +175,7 @@ class StackedTrainer:
             grads = torch.autograd.grad(loss.sum(), [ps[n] for n in self.trainable])
             opt.step(plist, list(grads), state, k)
             losses[:k, s] = loss.detach()
-
-        loss_sums = losses.double().sum(dim=1).cpu().numpy()
-        stacked = {n: p.detach().cpu().numpy() for n, p in params.items()}
-        results: list[ClientResult | None] = [None] * c
-        for pos, job_i in enumerate(order):
-            arrays = {n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights}
-            n_steps = int(steps[job_i])
-            mean = float(loss_sums[pos] / n_steps) if n_steps else math.nan
-            results[job_i] = ClientResult(jobs[job_i].site_id, Weights(arrays), mean, n_steps)
-        return [r for r in results if r is not None]
+        return params, losses
 
 
 def _stack(arr: np.ndarray, c: int, dev: torch.device) -> torch.Tensor:
