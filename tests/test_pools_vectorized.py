@@ -12,6 +12,7 @@ from fedblend.engine.site import SiteRunner
 from fedblend.errors import ConfigError
 from fedblend.records import RoundPlan, SiteFailure, SiteUpdate
 from fedblend.sim import SequentialPool
+from fedblend.sim.chain import trace_chain
 from fedblend.sim.functional import StackedOptimizer
 from fedblend.sim.stacked import batch_plan
 from fedblend.sim.vectorized import VectorizedPool, vmap_blocker
@@ -21,11 +22,17 @@ from fedblend.testing.pools import contract_runners, contract_task
 SIZES = (13, 20, 7, 30, 25, 16, 3)
 
 
-def _compare(task, config=None, sizes=SIZES, chunk_size=3, atol=2e-6):
+def _compare(task, config=None, sizes=SIZES, chunk_size=3, atol=2e-6, chain=None):
+    """Vectorized vs sequential training of one round; ``chain``: whether the hand-written
+    Linear/ReLU path must have been taken (True) or not (False), None: either."""
     runners = contract_runners(task, sizes=sizes, bad=False)
     w0 = task.init_weights(0)
     plan = RoundPlan(round=2, site_ids=tuple(r.site_id for r in runners), config=config or {}, seed=9)
-    vec = VectorizedPool(runners, device="cpu", chunk_size=chunk_size).train(plan, w0)
+    pool = VectorizedPool(runners, device="cpu", chunk_size=chunk_size)
+    vec = pool.train(plan, w0)
+    if chain is not None:
+        taken = pool.trainer.chain.reason is None and all(pool.trainer.chain.verified.values())
+        assert taken == chain, (pool.trainer.chain.reason, pool.trainer.chain.verified)
     seq = SequentialPool(runners).train(plan, w0)
     for a, b in zip(vec, seq, strict=True):
         assert isinstance(a, SiteUpdate) and isinstance(b, SiteUpdate)
@@ -51,7 +58,7 @@ def _compare(task, config=None, sizes=SIZES, chunk_size=3, atol=2e-6):
     ],
 )
 def test_vectorized_equals_sequential(params, config):
-    _compare(contract_task(**params), config)
+    _compare(contract_task(**params), config, chain=True)  # the 2NN-style MLP: hand-written path
 
 
 def test_chunk_size_does_not_change_the_result():
@@ -78,9 +85,13 @@ def test_binary_logreg_with_bce():
     ]
     w0 = task.init_weights(0)
     plan = RoundPlan(1, tuple(r.site_id for r in binary), seed=4)
-    vec = VectorizedPool(binary, device="cpu").train(plan, w0)
+    pool = VectorizedPool(binary, device="cpu")
+    vec = pool.train(plan, w0)
     seq = SequentialPool(binary).train(plan, w0)
+    assert pool.trainer.chain.kind == "bce" and pool.trainer.chain.verified == {False: True, True: True}
     assert all(a.weights.allclose(b.weights, rtol=1e-5, atol=1e-6) for a, b in zip(vec, seq, strict=True))
+    for a, b in zip(vec, seq, strict=True):
+        assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-5)
 
 
 def test_cnn_equals_sequential():
@@ -241,9 +252,104 @@ def test_fused_path_steps_aside_for_models_it_cannot_handle(model):
     assert all(isinstance(u, SiteUpdate) for u in vec)
 
 
-def test_fused_path_is_taken_for_plain_sgd_mlps():
-    task = contract_task(lr=0.1, momentum=0.0)
+class _TanhMLP(nn.Module):
+    """Linear layers with tanh: not a Linear/ReLU chain, but the fused (autograd-probe) path fits."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(12, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def test_fused_path_is_taken_for_plain_sgd_on_other_linear_models():
+    task = TorchTask(_TanhMLP, lr=0.1, batch_size=4)
     runners = contract_runners(task, bad=False)
     pool = VectorizedPool(runners, device="cpu")
     pool.train(RoundPlan(1, ("s0", "s1")), task.init_weights(0))
+    assert "tanh" in (pool.trainer.chain.reason or "")
     assert pool.trainer.fused.ok and pool.trainer.fused.verified
+    _compare(task, chain=False)
+
+
+# -- the hand-written Linear/ReLU path (sim/chain.py) ------------------------------------------
+
+
+def _sequential_chain(last_relu=False):
+    layers = [nn.Flatten(), nn.Linear(12, 6, bias=False), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)]
+    if last_relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize(
+    "task, config",
+    [
+        (TorchTask("logreg", model_params={"in_features": 12, "num_classes": 3}, lr=0.2, batch_size=4), {}),
+        (TorchTask("logreg", model_params={"in_features": 12, "num_classes": 3}, lr=0.1, momentum=0.9), {}),
+        (TorchTask(_sequential_chain, lr=0.1, batch_size=5), {"proximal_mu": 0.3, "weight_decay": 0.01}),
+        (TorchTask(_sequential_chain, model_params={"last_relu": True}, lr=0.1, batch_size=5), {}),
+        (contract_task(lr=0.1, momentum=0.0, batch_size=1), {}),
+    ],
+)
+def test_chain_path_equals_sequential_on_unequal_sites_and_short_batches(task, config):
+    # sizes 13, 20, 7, ...: clients finish after different step counts, last batches are short
+    vec = _compare(task, config, chain=True)
+    assert [u.metrics["steps"] for u in vec][:3] == [
+        -(-n // task.train_config(config).batch_size) for n in SIZES[:3]
+    ]
+
+
+def test_chain_path_reports_each_clients_train_loss_and_checks_short_batches():
+    task = contract_task(lr=0.1, momentum=0.0, batch_size=4)
+    runners = contract_runners(task, bad=False)
+    pool = VectorizedPool(runners, device="cpu", warm_up=False)
+    plan = RoundPlan(1, ("s0", "s2", "s3"), seed=5)  # 13 and 7 examples: short last batches
+    vec = pool.train(plan, task.init_weights(0))
+    seq = SequentialPool(runners).train(plan, task.init_weights(0))
+    assert pool.trainer.chain.verified == {False: True, True: True}
+    losses = [u.metrics["train_loss"] for u in vec]
+    assert len(set(losses)) == 3
+    assert losses == pytest.approx([u.metrics["train_loss"] for u in seq], rel=1e-5)
+
+
+class _SmoothedTask(TorchTask):
+    """A task whose loss is not plain cross-entropy: the hand-written path must notice and step aside."""
+
+    def per_example_loss(self, outputs, targets):
+        return torch.nn.functional.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.2)
+
+    def loss_fn(self, outputs, targets):
+        return self.per_example_loss(outputs, targets).mean()
+
+
+def test_chain_path_steps_aside_when_the_loss_differs():
+    task = _SmoothedTask("mlp", model_params={"in_features": 12, "hidden": 8, "num_classes": 3}, lr=0.1, batch_size=4)
+    vec = _compare(task, chain=False)
+    assert all(isinstance(u, SiteUpdate) for u in vec)
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (lambda: _LayerTwice(), "more than once"),
+        (lambda: _TiedOutsideModule(), "single chain"),
+        (lambda: _TanhMLP(), "tanh"),
+        (lambda: _WithBatchNorm(), "buffers"),
+        (lambda: nn.Sequential(nn.Linear(12, 4), nn.Sigmoid()), "Sigmoid"),
+    ],
+)
+def test_trace_chain_says_why_a_model_is_not_a_linear_relu_chain(model, words):
+    got = trace_chain(model())
+    assert isinstance(got, str) and words in got
+
+
+def test_trace_chain_reads_the_2nn():
+    layers, flatten = trace_chain(TorchTask("mlp").build_model())
+    assert flatten and [(s.in_features, s.out_features, s.relu) for s in layers] == [
+        (784, 200, True),
+        (200, 200, True),
+        (200, 10, False),
+    ]

@@ -104,7 +104,8 @@ def trace_chain(model: nn.Module) -> tuple[list[LayerSpec], bool] | str:
                 return "flatten is only supported on the input"
             flatten = True
         else:
-            return f"operation {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)}) is not Linear/ReLU"
+            what = type(mods[node.target]).__name__ if node.op == "call_module" else getattr(node.target, "__name__", node.target)
+            return f"operation {node.name!r} ({what}) is not Linear/ReLU/flatten"
         prev = node
     names = {n for n, _ in model.named_parameters()}
     mine = {s.weight for s in layers} | {s.bias for s in layers if s.bias is not None}
