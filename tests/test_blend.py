@@ -13,6 +13,7 @@ from fedblend.blend import (
     accept,
     blend_weights,
     build_synthesizer,
+    load_server_data,
     make_space,
     pareto_front,
     parse_blend_spec,
@@ -39,9 +40,11 @@ def test_defaults_follow_the_issue():
         ({"budget": 1}, "[blend].budget", "greater than or equal to 2"),
         ({"searcher": "bayes"}, "[blend].searcher", "'tpe'"),
         ({"objective": "pooled+worst", "searcher": "cmaes"}, "[blend]", "one objective only"),
-        ({"tau_range": [0.5, 2.0]}, "[blend]", "tau_range"),
-        ({"gamma_range": [1.2, 2.0]}, "[blend]", "gamma_range"),
+        ({"tau_range": [0.5, 2.0]}, "[blend].tau_range", "e.g. tau_range = [-1.0, 2.0]"),
+        ({"gamma_range": [1.2, 2.0]}, "[blend].gamma_range", "e.g. gamma_range = [0.5, 1.0]"),
         ({"head": ["fc3"]}, "[blend]", 'groups = "body_head"'),
+        ({"server_data": "val.npz"}, "[blend]", 'add signal = "server"'),
+        ({"budget": "many"}, "[blend].budget", "valid integer"),
     ],
 )
 def test_bad_blend_tables_name_the_key(raw, where, says):
@@ -49,6 +52,14 @@ def test_bad_blend_tables_name_the_key(raw, where, says):
         parse_blend_spec(raw)
     msg = str(e.value)
     assert where in msg and says in msg, msg
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError) as e:
+        parse_blend_spec({"sercher": "tpe", "budjet": 8})
+    msg = str(e.value)
+    assert "[blend].sercher: unknown key; did you mean 'searcher'?" in msg
+    assert "[blend].budget" not in msg and "did you mean 'budget'?" in msg and "2 problem(s)" in msg
 
 
 def test_blend_table_must_be_a_table():
@@ -64,8 +75,29 @@ def test_blend_needs_a_validation_split():
 
 
 def test_server_signal_needs_data():
-    with pytest.raises(ConfigError, match="server validation set"):
+    with pytest.raises(ConfigError, match=r"server validation set: in a job file set \[blend\].server_data"):
         BlendSynthesizer({"signal": "server"}, seed=0)
+    with pytest.raises(ConfigError, match="needs the job's task"):
+        build_synthesizer({"signal": "server", "server_data": "val.npz"}, seed=0)
+
+
+def test_load_server_data(tmp_path):
+    x, y = np.arange(12, dtype=np.float64).reshape(6, 2), np.array([0, 1, 1, 0, 1, 0])
+    np.savez(tmp_path / "ok.npz", x=x, y=y)
+    gx, gy = load_server_data(tmp_path / "ok.npz")
+    assert gx.dtype == np.float32 and gy.dtype == np.int64 and gx.shape == (6, 2) and list(gy) == list(y)
+    np.savez(tmp_path / "names.npz", features=x, labels=y)
+    np.savez(tmp_path / "labels.npz", x=x, y=y + 0.5)
+    (tmp_path / "junk.npz").write_text("not a zip file")
+    for name, says in [
+        ("missing.npz", "no such file"),
+        ("names.npz", "expected 'x' (features) and 'y' (labels)"),
+        ("labels.npz", "integer class labels"),
+        ("junk.npz", "not a readable .npz file"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_server_data(tmp_path / name)
+        assert "[blend].server_data" in str(e.value) and says in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(

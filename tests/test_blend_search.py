@@ -196,3 +196,55 @@ def test_make_sampler_errors_and_grid():
     )
     assert grid["x"] == [-1.0, 0.0, 1.0] and grid["lr"] == pytest.approx([1e-3, 1e-2, 1e-1])
     assert grid["n"] == [1, 2, 3] and grid["c"] == ["a", "b"]
+
+
+def test_candidates_are_asked_scored_and_told_in_batches(monkeypatch):
+    events: list[tuple[str, int]] = []
+    ask, tell = optuna.study.Study.ask, optuna.study.Study.tell
+
+    def spy_ask(self, *a, **kw):
+        t = ask(self, *a, **kw)
+        events.append(("ask", t.number))
+        return t
+
+    def spy_tell(self, trial, *a, **kw):
+        events.append(("tell", trial.number))
+        return tell(self, trial, *a, **kw)
+
+    monkeypatch.setattr(optuna.study.Study, "ask", spy_ask)
+    monkeypatch.setattr(optuna.study.Study, "tell", spy_tell)
+    pool = toy()
+    _, _, _, rec = run(pool, searcher="tpe", budget=10, batch_size=4)
+    # batches 0-3, 4-7, 8-9: every ask of a batch comes before any tell of it
+    expect = []
+    for batch in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9]):
+        expect += [("ask", n) for n in batch] + [("tell", n) for n in batch]
+    assert events == expect
+    assert [t["batch"] for t in rec["trials"]] == [0] * 4 + [1] * 4 + [2] * 2 and rec["batches"] == 3
+    assert len(pool.calls) == 10  # one scoring request per candidate, all sites in it
+    assert all(c == ("evaluate", "val", tuple(pool.ids)) for c in pool.calls)
+
+
+def test_trial_zero_holds_fedavg_exact_ratios_even_below_the_floor():
+    pool = ToyPool([[0, 0], [2, 0], [0, 2]], [900, 50, 50], [30, 30, 30])
+    _, _, _, rec = run(pool, budget=4, floor=0.5)  # floor/K = 0.167 > FedAvg's 0.05
+    np.testing.assert_allclose(list(rec["trials"][0]["ratios"].values()), [0.9, 0.05, 0.05])
+    assert rec["trials"][0]["ratios"] == rec["fedavg_ratios"]
+    assert all(min(t["ratios"].values()) >= 0.5 / 3 - 1e-12 for t in rec["trials"][1:])  # the rest keep the floor
+
+
+def test_restore_warm_start_from_stored_records():
+    pool = toy()
+    first = run(pool, round=2, searcher="tpe", budget=8)[3]
+    assert first["best_trial"] != 0
+    fedavg_best = {**first, "round": 3, "best_trial": 0}  # a later synthesis where FedAvg won: no new warm start
+    skipped = {"round": 4, "decision": "skipped", "reason": "too few sites"}
+    fresh = BlendSynthesizer({"searcher": "tpe", "budget": 8}, seed=7)
+    fresh.restore(json.loads(json.dumps([skipped, fedavg_best, first])))  # any order, as stored
+    assert fresh.previous_best == pytest.approx(first["trials"][first["best_trial"]]["params"])
+    _, _, _, rec = run(pool, round=5, synth=fresh)
+    assert rec["trials"][2]["label"] == "warm_start" and rec["warm_start_from_round"] == 2
+    assert rec["trials"][2]["params"] == pytest.approx(first["trials"][first["best_trial"]]["params"])
+    cold = BlendSynthesizer({"budget": 8, "warm_start": False}, seed=7)
+    cold.restore([first])
+    assert "warm_start" not in [t["label"] for t in run(pool, round=5, synth=cold)[3]["trials"]]

@@ -181,12 +181,42 @@ class RunOutcome:
     start_round: int = 0
 
 
-def build_synthesizer(job: JobSpec) -> Any:
-    if not job.blend or not job.blend.get("enabled", True):
+def build_synthesizer(job: JobSpec, *, store: SqlRunStore | None = None, task: Task | None = None) -> Any:
+    """The job's blend synthesizer (None without a ``[blend]`` table or with ``enabled = false``).
+
+    The ``[blend]`` table is validated even when disabled, so a typo never hides. ``val_fraction``
+    (the job's, else the dataset's default) is checked before training. With ``store``: the
+    Optuna studies (``store_study = true``) go into the run's database, and the warm start is
+    restored from the run's earlier blend records (a resumed run, a new training cycle). ``task``
+    scores ``server_data`` for ``signal = "server"``; without it the task is built from the job.
+    """
+    if job.blend is None:
         return None
     from fedblend.blend import build_synthesizer as _build
+    from fedblend.blend import parse_blend_spec
 
-    return _build(job.blend, seed=job.seed)
+    spec = parse_blend_spec(job.blend)
+    if not spec.enabled:
+        return None
+    vf = job.data.val_fraction
+    if vf is None:
+        if job.data.dataset in ("csv", "parquet"):
+            vf = 0.0
+        else:
+            from fedblend.data import DATASETS
+
+            info = DATASETS.get(job.data.dataset)
+            vf = info.default_val_fraction if info is not None else None
+    if task is None and spec.signal == "server" and spec.server_data is not None:
+        task = build_task(job, build_dataset(job))
+    return _build(
+        spec,
+        seed=job.seed,
+        storage_url=store.url if store is not None else None,
+        val_fraction=vf,
+        task=task,
+        records=store.blends() if store is not None else (),
+    )
 
 
 def build_federation(job: JobSpec, prepared: Prepared, pool: SitePool, store: SqlRunStore | None,
@@ -203,7 +233,7 @@ def build_federation(job: JobSpec, prepared: Prepared, pool: SitePool, store: Sq
         eval_every=job.eval.every,
         eval_splits=tuple(job.eval.splits),
         store=store,
-        synthesizer=build_synthesizer(job),
+        synthesizer=build_synthesizer(job, store=store, task=prepared.task),
         validator=UpdateValidator(max_update_norm=job.max_update_norm),
         callbacks=list(callbacks),
     )

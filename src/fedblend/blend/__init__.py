@@ -18,7 +18,7 @@ from fedblend.blend.mixing import blend_weights
 from fedblend.blend.record import study_from_record
 from fedblend.blend.scoring import Score, accept, pareto_front, score_reports
 from fedblend.blend.searchers import SEARCHERS, make_sampler
-from fedblend.blend.signal import FederatedValidation, ServerValidation
+from fedblend.blend.signal import FederatedValidation, ServerValidation, load_server_data
 from fedblend.blend.spaces import Candidate, RatioSpace, make_space
 from fedblend.blend.synthesizer import BlendOutcome, BlendSynthesizer, build_synthesizer
 
@@ -40,6 +40,7 @@ __all__ = [
     "pareto_front",
     "FederatedValidation",
     "ServerValidation",
+    "load_server_data",
     "BlendSynthesizer",
     "BlendOutcome",
     "build_synthesizer",

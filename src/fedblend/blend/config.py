@@ -12,9 +12,10 @@ Every error names the key as ``[blend].<key>``, says what was expected and what 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedblend.errors import ConfigError
 
@@ -59,6 +60,10 @@ class BlendSpec(BaseModel):
     warm_start: bool = True
     # signal and objective
     signal: Literal["federated", "server"] = "federated"
+    server_data: str | None = Field(
+        default=None,
+        description='signal = "server": path to an .npz file with arrays x and y, the operator\'s validation set',
+    )
     objective: Literal["pooled", "balanced", "worst", "pooled+worst"] = "pooled"
     # acceptance test
     margin: float = Field(
@@ -71,24 +76,37 @@ class BlendSpec(BaseModel):
     min_sites: int = Field(default=2, ge=2, description="skip a synthesis when fewer sites delivered updates")
     store_study: bool = Field(default=False, description="also keep each Optuna study in the run's database")
 
-    @model_validator(mode="after")
-    def _ranges(self) -> BlendSpec:
-        lo, hi = self.tau_range
+    @field_validator("tau_range")
+    @classmethod
+    def _tau_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
         if not lo < hi or not (lo <= 0.0 <= hi and lo <= 1.0 <= hi):
             raise ValueError(
-                f"tau_range must be [lo, hi] with lo < hi holding both 0 (uniform) and 1 (FedAvg) (got {list(self.tau_range)}); "
-                "e.g. tau_range = [-1.0, 2.0]"
+                "must be [lo, hi] with lo < hi holding both 0 (uniform) and 1 (FedAvg); e.g. tau_range = [-1.0, 2.0]"
             )
-        glo, ghi = self.gamma_range
+        return v
+
+    @field_validator("gamma_range")
+    @classmethod
+    def _gamma_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        glo, ghi = v
         if not 0.0 < glo <= 1.0 <= ghi <= 10.0 or glo == ghi:
             raise ValueError(
-                f"gamma_range must be [lo, hi] with 0 < lo <= 1 <= hi <= 10 and lo < hi (got {list(self.gamma_range)}); "
-                "gamma = 1 is the plain blend, e.g. gamma_range = [0.5, 1.0]"
+                "must be [lo, hi] with 0 < lo <= 1 <= hi <= 10 and lo < hi (gamma = 1 is the plain blend); "
+                "e.g. gamma_range = [0.5, 1.0]"
             )
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> BlendSpec:
         if self.objective == "pooled+worst" and self.searcher == "cmaes":
             raise ValueError(
                 "searcher 'cmaes' optimizes one objective only, but objective is 'pooled+worst'; "
                 "use searcher = 'tpe', 'gp', 'random', 'grid' or 'evolutionary' for two objectives"
+            )
+        if self.server_data is not None and self.signal != "server":
+            raise ValueError(
+                'server_data is only read with signal = "server"; add signal = "server" or remove server_data'
             )
         if self.head is not None and self.groups != "body_head":
             raise ValueError('head is only used with groups = "body_head"; remove it or set groups = "body_head"')
@@ -106,7 +124,9 @@ def _format(exc: ValidationError) -> str:
         key = f"[blend].{loc}" if loc else "[blend]"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; valid keys are: {', '.join(BlendSpec.model_fields)}"
+            close = difflib.get_close_matches(loc, list(BlendSpec.model_fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            msg = f"unknown key; {hint}valid keys are: {', '.join(BlendSpec.model_fields)}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         got = err.get("input")

@@ -31,13 +31,15 @@ def trial_entry(
     state: str,
     reason: str | None,
     objective: str = "pooled",
+    batch: int | None = None,
 ) -> dict[str, Any]:
-    """One trial of a synthesis as JSON."""
+    """One trial of a synthesis as JSON (``batch``: which ask/tell batch it was proposed in)."""
     groups = list(cand.ratios)
     entry: dict[str, Any] = {
         "number": number,
         "label": label,
         "state": state,
+        **({"batch": batch} if batch is not None else {}),
         "params": {k: float(v) for k, v in params.items()},
         "ratios": cand.ratios[groups[0]],
     }

@@ -3,7 +3,8 @@
 * ``FederatedValidation`` (default): the candidate goes to the sites, which score it on their own
   validation split against the FedAvg reference and return scalar sums only (``EvalReport``).
 * ``ServerValidation``: the operator holds a validation set ``(x, y)`` and scores candidates on
-  the server with the same Task; nothing goes to the sites.
+  the server with the same Task; nothing goes to the sites. From a job file:
+  ``[blend] signal = "server"`` with ``server_data = "val.npz"`` (``load_server_data``).
 
 The search never touches a test split.
 """
@@ -11,6 +12,7 @@ The search never touches a test split.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,7 +23,7 @@ from fedblend.records import EvalReport, SiteFailure
 from fedblend.task.base import Task
 from fedblend.weights import Weights
 
-__all__ = ["Signal", "FederatedValidation", "ServerValidation", "SEARCH_SPLIT", "EvalPool"]
+__all__ = ["Signal", "FederatedValidation", "ServerValidation", "SEARCH_SPLIT", "EvalPool", "load_server_data"]
 
 SEARCH_SPLIT = "val"
 
@@ -93,3 +95,39 @@ class ServerValidation:
                 diff_sq_sum=s.diff_sq_sum,
             )
         ]
+
+
+def load_server_data(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` from an ``.npz`` file holding arrays ``x`` (features, preprocessed as at the sites)
+    and ``y`` (integer labels); read without pickle."""
+    p = Path(path)
+    where = f"[blend].server_data = {str(path)!r}"
+    if not p.is_file():
+        raise ConfigError(
+            f"{where}: no such file (resolved to {p.resolve()}); give the path of an .npz file with arrays x and y, "
+            "e.g. np.savez('val.npz', x=x, y=y)"
+        )
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names = list(z.files)
+            if "x" not in names or "y" not in names:
+                raise ConfigError(
+                    f"{where}: the file holds arrays {names}, expected 'x' (features) and 'y' (labels); "
+                    "save it with np.savez(path, x=x, y=y)"
+                )
+            x, y = z["x"], z["y"]
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: not a readable .npz file ({type(exc).__name__}: {exc}); save it with np.savez(path, x=x, y=y)"
+        ) from None
+    whole = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.mod(y, 1) == 0)))
+    if y.ndim != 1 or not whole or x.dtype.kind not in "iuf":
+        raise ConfigError(
+            f"{where}: expected x numeric and y a 1-D array of integer class labels "
+            f"(got x {x.dtype} {x.shape}, y {y.dtype} {y.shape})"
+        )
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    return x, y.astype(np.int64)

@@ -4,8 +4,10 @@ Called by the round loop (``fedblend.engine.federation.Synthesizer``) after aggr
 
 1. a ratio space over the sites that delivered updates (``spaces.py``);
 2. an Optuna study, driven by ask/tell: FedAvg is trial 0 (the round's own aggregate, unchanged),
-   uniform weights trial 1, the previous synthesis's best trial 2 (warm start), then the searcher's
-   proposals, ``batch_size`` at a time, until ``budget`` candidates were scored;
+   uniform weights trial 1, the previous synthesis's best trial 2 (warm start; ``restore`` reads it
+   back from the run store's records for a resumed run or a new training cycle), then the
+   searcher's proposals, asked ``batch_size`` at a time, scored, and told together, until
+   ``budget`` candidates were scored;
 3. every candidate is scored through the signal (``signal.py``): by default the sites score it on
    their validation split against FedAvg and return five scalar sums each;
 4. the best candidate by the objective (or, with two objectives, the Pareto-front member with the
@@ -33,10 +35,11 @@ from fedblend.blend.mixing import blend_weights, tensor_groups
 from fedblend.blend.record import trial_entry
 from fedblend.blend.scoring import Score, accept, pareto_front, score_reports
 from fedblend.blend.searchers import make_sampler
-from fedblend.blend.signal import EvalPool, FederatedValidation, ServerValidation, Signal
-from fedblend.blend.spaces import RatioSpace, make_space, split_groups
+from fedblend.blend.signal import EvalPool, FederatedValidation, ServerValidation, Signal, load_server_data
+from fedblend.blend.spaces import Candidate, RatioSpace, make_space, split_groups
 from fedblend.errors import ConfigError
 from fedblend.records import EvalReport, SiteFailure, SiteUpdate
+from fedblend.task.base import Task
 from fedblend.weights import Weights
 
 __all__ = ["BlendSynthesizer", "BlendOutcome", "build_synthesizer"]
@@ -72,14 +75,29 @@ class BlendSynthesizer:
         self.seed = seed
         if self.spec.signal == "server" and server_validation is None:
             raise ConfigError(
-                '[blend].signal = "server" needs a server validation set: build the synthesizer in Python with '
-                "BlendSynthesizer(spec, seed, server_validation=ServerValidation(x, y, task)); "
-                'a job file cannot carry data, so use signal = "federated" there'
+                '[blend].signal = "server" needs a server validation set: in a job file set [blend].server_data to '
+                "an .npz file with arrays x and y; in Python pass "
+                "BlendSynthesizer(spec, seed, server_validation=ServerValidation(x, y, task))"
             )
         self.signal: Signal = server_validation if self.spec.signal == "server" else FederatedValidation()  # type: ignore[assignment]
         self.storage_url = storage_url if self.spec.store_study else None
         self.previous_best: dict[str, float] | None = None
+        self.previous_best_round: int | None = None
         self.history: list[dict[str, Any]] = []
+
+    def restore(self, records: Sequence[dict[str, Any]]) -> None:
+        """Pick up the warm start from stored blend records (a resumed run, a new training cycle).
+
+        Applies the same rule as a live search, record by record in round order: the best
+        parameters of the latest synthesis whose best trial was not FedAvg itself."""
+        for rec in sorted(records, key=lambda r: r.get("round") or 0):
+            best = rec.get("best_trial")
+            if not best or not rec.get("trials"):
+                continue  # skipped, or FedAvg scored best: keep the earlier warm start
+            trial = next((t for t in rec["trials"] if t.get("number") == best), None)
+            if trial is not None and trial.get("params"):
+                self.previous_best = {k: float(v) for k, v in trial["params"].items()}
+                self.previous_best_round = rec.get("round")
 
     # -- Synthesizer protocol --------------------------------------------------------------------
     def due(self, round: int, last_round: int) -> bool:
@@ -171,8 +189,10 @@ class BlendSynthesizer:
         study.enqueue_trial(space.fedavg_params(), user_attrs={"label": "fedavg"})
         study.enqueue_trial(space.uniform_params(), user_attrs={"label": "uniform"})
         warm = None
+        warm_from = None
         if s.warm_start and self.previous_best is not None:
             warm = space.warm_params(self.previous_best)
+            warm_from = self.previous_best_round
             study.enqueue_trial(warm, user_attrs={"label": "warm_start"})
         eval_sites = self.signal.participants(pool)
         entries: list[dict[str, Any]] = []
@@ -181,13 +201,19 @@ class BlendSynthesizer:
         eval_s = 0.0
         models_sent = 0
         done = 0
+        n_batches = 0
         while done < s.budget:
+            # ask a whole batch before telling any of it: the searcher proposes batch_size candidates
+            # from the same history (TPE uses a constant liar), then the batch is scored and told
             batch = [study.ask(dists) for _ in range(min(s.batch_size, s.budget - done))]
+            n_batches += 1
             done += len(batch)
             told: list[tuple[Any, Any, list[float] | None]] = []
             for trial in batch:
                 label = trial.user_attrs.get("label", "search")
                 cand = space.candidate(trial.params)
+                if label == "fedavg":  # the round's aggregate itself: FedAvg's exact ratios, no floor
+                    cand = Candidate({g: space.fedavg_ratios() for g in space.groups}, 1.0)
                 weights = (
                     merged
                     if label == "fedavg"
@@ -213,14 +239,18 @@ class BlendSynthesizer:
                     failed = []
                 if failed:
                     reason = "; ".join(f"{f.site_id}: {f.reason}" for f in failed)
-                    entries.append(trial_entry(trial.number, label, trial.params, cand, None, "fail", reason))
+                    entries.append(
+                        trial_entry(trial.number, label, trial.params, cand, None, "fail", reason, batch=n_batches - 1)
+                    )
                     told.append((trial, optuna.trial.TrialState.FAIL, None))
                     continue
                 score = score_reports(reps)
                 scores[trial.number] = score
                 cands[trial.number] = cand
                 entries.append(
-                    trial_entry(trial.number, label, trial.params, cand, score, "complete", None, s.objective)
+                    trial_entry(
+                        trial.number, label, trial.params, cand, score, "complete", None, s.objective, batch=n_batches - 1
+                    )
                 )
                 told.append((trial, None, score.values(s.objective)))
             for trial, state, values in told:
@@ -250,6 +280,7 @@ class BlendSynthesizer:
         adopted = best_weights if ok else merged
         if s.warm_start and best != 0:
             self.previous_best = {k: float(v) for k, v in study.trials[best].params.items()}
+            self.previous_best_round = round
         chosen = cands[best]
         total_s = time.perf_counter() - t0
         rec = {
@@ -257,6 +288,7 @@ class BlendSynthesizer:
             "study_name": study.study_name,
             "sampler_seed": seed,
             "batch_size": s.batch_size,
+            "batches": n_batches,
             "space": {**space.describe(), "distributions": _dists_json(dists)},
             "sites": [u.site_id for u in updates],
             "num_examples": {u.site_id: u.num_examples for u in updates},
@@ -288,6 +320,7 @@ class BlendSynthesizer:
             },
             "pareto_front": front,
             "warm_start": warm,
+            "warm_start_from_round": warm_from,
             "trials": entries,
             "timing": {"total_s": total_s, "evaluate_s": eval_s, "search_s": total_s - eval_s},
             "communication": {
@@ -347,17 +380,35 @@ def build_synthesizer(
     storage_url: str | None = None,
     val_fraction: float | None = None,
     server_validation: ServerValidation | None = None,
+    task: Task | None = None,
+    records: Sequence[dict[str, Any]] = (),
 ) -> BlendSynthesizer:
     """The synthesizer for a job's ``[blend]`` table.
 
     ``val_fraction`` (the job's effective ``[data].val_fraction``), when given, is checked: the
-    default federated signal needs a validation split at every site.
+    default federated signal needs a validation split at every site. ``storage_url`` (the run
+    store's database) is where ``store_study = true`` keeps each Optuna study. With
+    ``signal = "server"`` the validation set is ``server_validation``, or else ``server_data``
+    loaded and scored with ``task``. ``records`` (the run's earlier blend records) restore the
+    warm start, so a resumed run or a new training cycle starts from the previous best ratios.
     """
     parsed = parse_blend_spec(spec)
+    if parsed.signal == "server" and server_validation is None and parsed.server_data is not None:
+        if task is None:
+            raise ConfigError(
+                '[blend].server_data: scoring the server validation set needs the job\'s task (model and loss); '
+                "pass build_synthesizer(..., task=prepared.task)"
+            )
+        x, y = load_server_data(parsed.server_data)
+        server_validation = ServerValidation(x, y, task)
     if parsed.signal == "federated" and val_fraction is not None and val_fraction <= 0:
         raise ConfigError(
             f"[blend] searches blend ratios on the sites' validation splits, but [data].val_fraction is {val_fraction!r}, "
             "so the sites have none (the test split is never used for the search); set [data].val_fraction = 0.2 "
             "(or another value in (0, 1)), or remove the [blend] table"
         )
-    return BlendSynthesizer(parsed, seed, server_validation=server_validation, storage_url=storage_url)
+    if parsed.groups == "body_head" and task is not None:  # a bad head prefix fails now, not after training
+        split_groups(list(task.init_weights(seed)), parsed.head)
+    synth = BlendSynthesizer(parsed, seed, server_validation=server_validation, storage_url=storage_url)
+    synth.restore(records)
+    return synth

@@ -39,8 +39,15 @@ def _bytes(n: Any) -> str:
     return f"{n:.1f} GB"
 
 
+def _needs(rec: dict[str, Any]) -> str:
+    margin, k, se = rec.get("margin"), rec.get("k"), rec.get("gain_se")
+    if margin is None or k is None or se is None:
+        return "-"
+    return f"> {max(float(margin), float(k) * float(se)):.4f}"
+
+
 def format_blend_header(rec: dict[str, Any]) -> str:
-    """One line: round, decision, gain ± se against margin and k, search settings, cost."""
+    """A few lines: round and decision; the gain against the acceptance bar; the search; its cost."""
     rnd = rec.get("round")
     decision = rec.get("decision", "?")
     color = {"accepted": "green", "not accepted": "yellow"}.get(decision, "dim")
@@ -49,16 +56,21 @@ def format_blend_header(rec: dict[str, Any]) -> str:
     space = rec.get("space", {})
     comm = rec.get("communication", {})
     timing = rec.get("timing", {})
+    adopted = "adopted the blend" if rec.get("adopted") == "blend" else "kept FedAvg"
+    verdict = "passed" if decision == "accepted" else f"failed: {rec.get('reason', '')}"
+    gamma = f", gamma in {space.get('gamma_range')}" if space.get("gamma_range") else ""
+    warm = rec.get("warm_start_from_round")
     return (
-        f"[bold]round {rnd}[/]: blend [{color}]{decision}[/] (adopted {rec.get('adopted')}); "
-        f"gain {_pm(rec.get('gain'), rec.get('gain_se'))} in {rec.get('objective')} validation log-loss, "
-        f"needs > margin {rec.get('margin')} and > k={rec.get('k')} se; {rec.get('reason', '')}\n"
-        f"  space {space.get('kind')} (groups {', '.join(space.get('groups', []))}"
-        f"{', gamma ' + str(space.get('gamma_range')) if space.get('gamma_range') else ''}, floor {space.get('floor')}), "
-        f"searcher {rec.get('searcher')}, signal {rec.get('signal')}, {len(rec.get('trials', []))}/{rec.get('budget')} candidates "
-        f"in batches of {rec.get('batch_size')}, best trial {rec.get('best_trial')} ({rec.get('best_label')}), "
-        f"{_f(timing.get('total_s'), 2)} s, extra communication {comm.get('models_sent')} model downloads "
-        f"({_bytes(comm.get('bytes_sent'))}, {_f(comm.get('vs_round_downloads'), 1)}x a round's)"
+        f"[bold]round {rnd}[/]: blend [{color}]{decision}[/], {adopted}\n"
+        f"  gain over FedAvg in {rec.get('objective')} validation log-loss: {_pm(rec.get('gain'), rec.get('gain_se'))} "
+        f"(needs > margin {rec.get('margin')} and > k={rec.get('k')} x se): {verdict}\n"
+        f"  search: space {space.get('kind')} (groups {', '.join(space.get('groups', []))}{gamma}, floor {space.get('floor')}), "
+        f"searcher {rec.get('searcher')}, signal {rec.get('signal')}, {len(rec.get('trials', []))}/{rec.get('budget')} "
+        f"candidates in batches of {rec.get('batch_size')}"
+        f"{f', warm start from round {warm}' if warm is not None else ''}; "
+        f"best trial {rec.get('best_trial')} ({rec.get('best_label')})\n"
+        f"  cost: {_f(timing.get('total_s'), 2)} s, {comm.get('models_sent')} candidate downloads "
+        f"({_bytes(comm.get('bytes_sent'))}, {_f(comm.get('vs_round_downloads'), 1)}x a round's downloads)"
     )
 
 
@@ -67,10 +79,15 @@ def _ratio_table(rec: dict[str, Any], sites: list[str]) -> Table:
     t.add_column("ratios")
     for s in sites:
         t.add_column(s, justify="right")
-    t.add_row("fedavg", *[_f(rec.get("fedavg_ratios", {}).get(s), 3) for s in sites])
-    t.add_row("chosen", *[_f(rec.get("chosen_ratios", {}).get(s), 3) for s in sites])
+    gamma = "chosen_gamma" in rec
+    if gamma:
+        t.add_column("gamma", justify="right")
+    t.add_row("fedavg", *[_f(rec.get("fedavg_ratios", {}).get(s), 3) for s in sites], *(["1.000"] if gamma else []))
+    chosen = [_f(rec.get("chosen_ratios", {}).get(s), 3) for s in sites]
+    t.add_row("chosen" + (" (body)" if "chosen_head_ratios" in rec else ""), *chosen,
+              *([_f(rec.get("chosen_gamma"), 3)] if gamma else []))
     if "chosen_head_ratios" in rec:
-        t.add_row("chosen (head)", *[_f(rec["chosen_head_ratios"].get(s), 3) for s in sites])
+        t.add_row("chosen (head)", *[_f(rec["chosen_head_ratios"].get(s), 3) for s in sites], *([""] if gamma else []))
     return t
 
 
@@ -85,11 +102,12 @@ def _trial_table(rec: dict[str, Any], sites: list[str]) -> Table:
         t.add_column(s, justify="right")
     if len(sites) > len(shown):
         t.add_column(f"+{len(sites) - len(shown)} sites")
-    cols = ["pooled loss", "worst loss", "pooled acc", "worst-site acc", "gain ± se"]
+    gamma = bool(rec.get("space", {}).get("gamma_range"))
+    cols = (["gamma"] if gamma else []) + ["pooled loss", "worst loss", "pooled acc", "worst acc", "gain ± se"]
     if two:
         cols.append("pareto")
     for col in cols:
-        t.add_column(col, justify="right")
+        t.add_column(col, justify="right", no_wrap=col == "gain ± se")
     best = rec.get("best_trial")
     for tr in rec.get("trials", []):
         mark = "*" if tr.get("number") == best else ""
@@ -97,6 +115,8 @@ def _trial_table(rec: dict[str, Any], sites: list[str]) -> Table:
         row += [_f(tr.get("ratios", {}).get(s), 3) for s in shown]
         if len(sites) > len(shown):
             row.append("…")
+        if gamma:
+            row.append(_f(tr.get("gamma"), 3))
         if tr.get("state") != "complete":
             row += [f"failed: {tr.get('reason', '')}", "", "", "", ""]
         else:
@@ -127,21 +147,68 @@ def _site_table(rec: dict[str, Any]) -> Table | None:
     return t
 
 
-def print_blends(store: Any, console: Console) -> None:
-    """Print every blend record of the run held by ``store`` (a SqlRunStore)."""
+def _summary_table(records: list[dict[str, Any]]) -> Table:
+    """One row per synthesis: the decision, the gain against the bar, the chosen ratios."""
+    sites: list[str] = []
+    for rec in records:
+        sites += [s for s in rec.get("fedavg_ratios", {}) if s not in sites]
+    shown = sites[:_MAX_SITE_COLUMNS]
+    gamma = any("chosen_gamma" in r for r in records)
+    t = Table(title="blend syntheses (chosen ratios; FedAvg's in the detail below)", title_justify="left")
+    for col in ("round", "decision", "best trial", "gain ± se", "needs"):
+        t.add_column(col, justify="left" if col in ("decision", "best trial") else "right")
+    for s in shown:
+        t.add_column(s, justify="right")
+    if gamma:
+        t.add_column("gamma", justify="right")
+    t.add_column("candidates", justify="right")
+    for rec in records:
+        if rec.get("decision") == "skipped":
+            t.add_row(str(rec.get("round")), "skipped", "", "", "", *[""] * len(shown), *([""] if gamma else []), "0")
+            continue
+        t.add_row(
+            str(rec.get("round")),
+            str(rec.get("decision")),
+            f"{rec.get('best_trial')} ({rec.get('best_label')})",
+            _pm(rec.get("gain"), rec.get("gain_se")),
+            _needs(rec),
+            *[_f(rec.get("chosen_ratios", {}).get(s), 3) for s in shown],
+            *([_f(rec.get("chosen_gamma"), 3)] if gamma else []),
+            str(len(rec.get("trials", []))),
+        )
+    return t
+
+
+def _print_detail(rec: dict[str, Any], console: Console) -> None:
+    console.print(format_blend_header(rec))
+    if rec.get("decision") == "skipped":
+        return
+    sites = list(rec.get("fedavg_ratios", {}))
+    console.print(_ratio_table(rec, sites))
+    console.print(_trial_table(rec, sites))
+    st = _site_table(rec)
+    if st is not None:
+        console.print(st)
+
+
+def print_blends(store: Any, console: Console, *, details: int = 3) -> None:
+    """Print the blend records of the run held by ``store`` (a SqlRunStore).
+
+    With more than ``details`` syntheses: a summary table of all of them, then the full detail
+    (decision, ratios, trials, per-site scores) of the last one only."""
     records = store.blends()
     if not records:
         console.print("no blend syntheses in this run (the job has no [blend] table, or none was due yet)")
         return
     accepted = sum(1 for r in records if r.get("decision") == "accepted")
     console.print(f"[bold]blend syntheses[/]: {len(records)} ({accepted} accepted)")
-    for rec in records:
-        console.print(format_blend_header(rec))
-        if rec.get("decision") == "skipped":
-            continue
-        sites = list(rec.get("fedavg_ratios", {}))
-        console.print(_ratio_table(rec, sites))
-        console.print(_trial_table(rec, sites))
-        st = _site_table(rec)
-        if st is not None:
-            console.print(st)
+    if len(records) <= details:
+        for rec in records:
+            _print_detail(rec, console)
+        return
+    console.print(_summary_table(records))
+    console.print(
+        f"detail of the last synthesis (round {records[-1].get('round')}); every record is in the run store "
+        "(SqlRunStore.blends(), fedblend.blend.study_from_record) and on the dashboard"
+    )
+    _print_detail(records[-1], console)
