@@ -300,8 +300,23 @@ def federation_child(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": rss,
         "startup_s": stamps[0][1] - t_boot,
         "pool": type(pool).__name__,
+        "train_path": train_path(pool),
         "data_mb": (x.nbytes + y.nbytes) / MB,
     }
+
+
+def train_path(pool: Any) -> str:
+    """Which local-training path a VectorizedPool took: "chain" (hand-written Linear/ReLU, no
+    autograd, in ``threads`` client groups), "fused", "vmap"; "" for other pools."""
+    trainer = getattr(pool, "trainer", None)
+    if trainer is None:
+        return ""
+    import torch
+
+    chain = getattr(trainer, "chain", None)
+    if chain is not None and chain.reason is None and chain.verified and all(chain.verified.values()):
+        return f"chain, {torch.get_num_threads()} thread(s)"
+    return "fused" if getattr(trainer, "fused", None) is not None and trainer.fused.verified else "vmap"
 
 
 def per_round_s(stamps: list[Any], skip_first: bool = True) -> float:

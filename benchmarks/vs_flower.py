@@ -103,6 +103,7 @@ def main() -> None:
         "fedblend_peak_mb": fb.peak_largest_mb,
         "fedblend_acc": accuracy(workdir / "fedblend_final.safetensors", workdir),
         "fedblend_pool": fb_out["pool"],
+        "fedblend_train_path": fb_out.get("train_path", ""),
         "fedblend_startup_s": fb_out["startup_s"],
         "fedblend_first_round_s": first_round_s(fb_out["stamps"]),
         "fedblend_wall_s": fb.wall_s,
@@ -168,7 +169,7 @@ def main() -> None:
     for col in cols:
         table.add_column(col, justify="left" if not col else "right")
     table.add_row(
-        f"fedblend ({result['fedblend_pool']})",
+        f"fedblend ({result['fedblend_pool']}; {result['fedblend_train_path']})",
         f"{result['fedblend_s_per_round']:.3f}",
         f"{result['fedblend_cpu_s_per_round']:.3f}",
         f"{result['fedblend_first_round_s']:.1f}",

@@ -12,7 +12,7 @@ from fedblend.engine.site import SiteRunner
 from fedblend.errors import ConfigError
 from fedblend.records import RoundPlan, SiteFailure, SiteUpdate
 from fedblend.sim import SequentialPool
-from fedblend.sim.chain import trace_chain
+from fedblend.sim.chain import ChainTrainer, trace_chain
 from fedblend.sim.functional import StackedOptimizer
 from fedblend.sim.stacked import batch_plan
 from fedblend.sim.vectorized import VectorizedPool, vmap_blocker
@@ -297,9 +297,7 @@ def _sequential_chain(last_relu=False):
 def test_chain_path_equals_sequential_on_unequal_sites_and_short_batches(task, config):
     # sizes 13, 20, 7, ...: clients finish after different step counts, last batches are short
     vec = _compare(task, config, chain=True)
-    assert [u.metrics["steps"] for u in vec][:3] == [
-        -(-n // task.train_config(config).batch_size) for n in SIZES[:3]
-    ]
+    assert [u.metrics["steps"] for u in vec][:3] == [-(-n // task.train_config(config).batch_size) for n in SIZES[:3]]
 
 
 def test_chain_path_reports_each_clients_train_loss_and_checks_short_batches():
@@ -353,3 +351,68 @@ def test_trace_chain_reads_the_2nn():
         (200, 200, True),
         (200, 10, False),
     ]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_chain_path_in_client_groups_on_two_threads_equals_sequential(two_threads, monkeypatch):
+    # 11 clients of unequal sizes, two threads of interleaved client groups, minibatches gathered
+    # a few steps at a time: each client's result is still the sequential one
+    monkeypatch.setattr("fedblend.sim.chain._GATHER_BYTES", 3 * 11 * 4 * 12 * 4)
+    groups = []
+    run = ChainTrainer.run
+
+    def spy(self, params, anchors, jobs, *args, **kwargs):
+        groups.append(len(jobs))
+        return run(self, params, anchors, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(ChainTrainer, "run", spy)
+    sizes = (13, 20, 7, 30, 25, 16, 3, 9, 11, 4, 22)
+    vec = _compare(contract_task(lr=0.1, momentum=0.0), sizes=sizes, chunk_size=11, chain=True)
+    assert torch.get_num_threads() == 2  # restored after the round
+    assert sorted(groups[-2:]) == [5, 6]  # two groups, in whichever order the threads ran
+    assert len({u.metrics["train_loss"] for u in vec}) == len(sizes)
+    _compare(contract_task(lr=0.05, momentum=0.9), {"proximal_mu": 0.1}, sizes=sizes, chunk_size=11, chain=True)
+
+
+def test_a_failing_client_group_fails_the_chunk_not_the_process(two_threads, monkeypatch):
+    task = contract_task(lr=0.1, momentum=0.0)
+    runners = contract_runners(task, sizes=(13, 20, 7, 30, 25, 16, 3, 9), bad=False)
+    pool = VectorizedPool(runners, device="cpu")
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("out of memory in a group")
+
+    monkeypatch.setattr(pool.trainer.chain, "run", boom)
+    plan = RoundPlan(1, tuple(r.site_id for r in runners), seed=1)
+    out = pool.train(plan, task.init_weights(0))  # the pool retries the sites one by one
+    seq = SequentialPool(runners).train(plan, task.init_weights(0))
+    assert len(calls) == 2 and torch.get_num_threads() == 2
+    assert all(a.weights.allclose(b.weights, rtol=1e-6, atol=1e-7) for a, b in zip(out, seq, strict=True))
+
+
+def test_chain_path_refuses_inputs_its_model_would_not_flatten_or_another_dtype():
+    from fedblend.sim.stacked import ClientJob
+
+    no_flatten = ChainTrainer(nn.Sequential(nn.Linear(12, 3)), ["0.weight", "0.bias"], contract_task(), None)
+    assert no_flatten.reason is None and not no_flatten.flatten
+
+    def job(x):
+        return ClientJob("s", x, torch.zeros(len(x), dtype=torch.int64), [np.arange(len(x))])
+
+    assert no_flatten.usable([job(torch.zeros(4, 12))])
+    assert not no_flatten.usable([job(torch.zeros(4, 1, 12))])  # nn.Linear would act on the last axis
+    assert not no_flatten.usable([job(torch.zeros(4, 12, dtype=torch.float64))])  # the model is float32
+    assert not no_flatten.usable([job(torch.zeros(4, 5))])  # wrong width
+    flat = ChainTrainer(
+        _sequential_chain(), [n for n, _ in _sequential_chain().named_parameters()], contract_task(), None
+    )
+    assert flat.flatten and flat.usable([job(torch.zeros(4, 3, 4))])

@@ -5,8 +5,8 @@ Linear``) need no autograd: for a layer ``a_out = a_in W^T + b`` the batch gradi
 ``delta^T a_in`` and ``sum(delta)``, and ``delta`` of the layer below is ``(delta W) * [a_in > 0]``.
 ``ChainTrainer`` runs every client's steps side by side with that arithmetic as batched matrix
 products (``torch.baddbmm`` / ``bmm`` into buffers allocated once per round, under
-``torch.inference_mode``), reading each step's minibatches from a per-round gather of the
-clients' data. Plain SGD (weight decay and FedProx included) updates the stacked weights in place
+``torch.no_grad``), reading each step's minibatches from a gather of the clients' data done a
+window of steps at a time (one ``index_select`` per client, at most 64 MiB). Plain SGD (weight decay and FedProx included) updates the stacked weights in place
 with one GEMM per layer (``W <- beta W - lr delta^T a_in (+ lr mu W_global)``); momentum and Adam
 go through ``StackedOptimizer`` with explicit gradients.
 
@@ -14,12 +14,17 @@ The model is recognised by tracing it (``torch.fx``); the loss must be the task'
 (mean over the batch, over the real examples when the last batch is short) or, for one output,
 binary cross-entropy with logits. The first batch (and the first short batch) is checked against
 ordinary autograd gradients of the real model and ``task.per_example_loss``; any difference
-raises ``NotFusable`` before a weight is touched and the caller takes the general path for good.
+raises ``NotFusable`` (before that batch's update) and the caller trains the round again from
+the global weights on the general path, and takes it for good.
+
+    trainer = ChainTrainer(model, trainable, task, loss)   # trainer.reason: why not, or None
+    losses = trainer.run(stacked_params, anchors, jobs, idx, mask, active, settings, mu)
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +109,11 @@ def trace_chain(model: nn.Module) -> tuple[list[LayerSpec], bool] | str:
                 return "flatten is only supported on the input"
             flatten = True
         else:
-            what = type(mods[node.target]).__name__ if node.op == "call_module" else getattr(node.target, "__name__", node.target)
+            what = (
+                type(mods[node.target]).__name__
+                if node.op == "call_module"
+                else getattr(node.target, "__name__", node.target)
+            )
             return f"operation {node.name!r} ({what}) is not Linear/ReLU/flatten"
         prev = node
     names = {n for n, _ in model.named_parameters()}
@@ -148,9 +157,12 @@ class ChainTrainer:
         traced = trace_chain(model)
         self.reason: str | None = traced if isinstance(traced, str) else None
         self.layers: list[LayerSpec] = [] if isinstance(traced, str) else traced[0]
+        self.flatten = False if isinstance(traced, str) else traced[1]
         if self.reason is None and set(trainable) != {n for n, _ in model.named_parameters()}:
             self.reason = "some parameters are frozen"
         self.verified: dict[bool, bool] = {}  # masked? -> checked against autograd
+        self._lock = threading.Lock()
+        self._neg: torch.Tensor | None = None  # -1s for softmax - onehot, kept between steps
         self.kind = ""
         if self.reason is None:
             width = self.layers[-1].out_features
@@ -166,8 +178,11 @@ class ChainTrainer:
         if self.reason is not None or False in self.verified.values():
             return False
         f = self.layers[0].in_features
+        dtype = next(self.model.parameters()).dtype
         for j in jobs:
-            if not j.x.is_floating_point() or j.x.ndim < 2 or int(np.prod(j.x.shape[1:])) != f:
+            if j.x.dtype != dtype or j.x.ndim < 2 or int(np.prod(j.x.shape[1:])) != f:
+                return False
+            if j.x.ndim > 2 and not self.flatten:  # nn.Linear would act on the last axis only
                 return False
         return True
 
@@ -180,17 +195,15 @@ class ChainTrainer:
         jobs: Sequence[Any],
         idx: np.ndarray,
         mask: np.ndarray,
-        full: list[bool],
         active: list[int],
         settings: dict[str, Any],
         mu: float,
     ) -> torch.Tensor:
         """Train the stacked ``params`` (client axis first, in the order of ``jobs``) in place over
-        the step plan ``idx`` (C, S, B) of row indices into the jobs' data concatenated (padding
-        and finished clients: any index before the client's rows); the per-step losses (C, S)."""
+        the step plan ``idx`` (C, S, B) of row indices into each job's own data (padding and
+        finished clients: any valid row, ``mask`` 0); the per-step losses (C, S)."""
         c, s_max, bsz = idx.shape
-        offsets = np.cumsum([0] + [len(j.y) for j in jobs[:-1]]).reshape(c, 1, 1)
-        idx = np.maximum(idx - offsets, 0)
+        full = [bool(mask[:a, si].all()) for si, a in enumerate(active)]  # no padding among the active
         w0 = params[self.layers[0].weight]
         dev, dtype = w0.device, w0.dtype
         xs = [j.x.reshape(j.x.shape[0], -1) for j in jobs]
@@ -205,20 +218,22 @@ class ChainTrainer:
         if opt is not None:
             anchor_list = [anchors[n] for s in self.layers for n in (s.weight, s.bias) if n is not None]
             state = opt.init(plist, anchor_list if mu > 0 else None)
-        window = max(1, min(s_max, _GATHER_BYTES // max(1, c * bsz * f * x_itemsize(xs))))
+        window = max(1, min(s_max, _GATHER_BYTES // max(1, c * bsz * f * w0.element_size())))
         idx_t = torch.from_numpy(idx).to(dev)
         mask_t = torch.from_numpy(mask).to(dev).to(dtype)
-        xw = yw = None
+        xw = torch.empty((c, window, bsz, f), dtype=dtype, device=dev)
+        yw = torch.empty((c, window, bsz), dtype=torch.int64, device=dev)
         for s in range(s_max):
             k = active[s]
             if s % window == 0:
-                xw, yw = self._gather(xs, ys, idx_t, s, min(s_max, s + window), active[s], xw, yw)
-            assert xw is not None and yw is not None
+                self._gather(xs, ys, idx_t, s, min(s_max, s + window), active[s], xw, yw)
             xb, yb = xw[:k, s % window], yw[:k, s % window]
             wb = None if full[s] else mask_t[:k, s]
             ps = {n: p[:k] for n, p in params.items()} if k < c else params
             if not self.verified.get(wb is not None, False):
-                self._verify(ps, xb, yb, wb)
+                with self._lock:  # functional_call swaps the model's parameters: one thread at a time
+                    if not self.verified.get(wb is not None, False):
+                        self._verify(ps, xb, yb, wb)
             loss, deltas = self._forward_backward(ps, xb, yb, wb, [a[:k] for a in acts])
             losses[:k, s] = loss
             inputs = [xb] + [a[:k] for a in acts[:-1]]
@@ -242,31 +257,16 @@ class ChainTrainer:
         s0: int,
         s1: int,
         k: int,
-        xw: torch.Tensor | None,
-        yw: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The minibatches of steps ``s0..s1-1`` of the first ``k`` clients: (k, W, B, F) and (k, W, B)."""
-        c, _, bsz = idx_t.shape
-        w = s1 - s0
-        f = xs[0].shape[1]
-        dtype = self.model_dtype
-        if xw is None or xw.shape[1] < w:
-            xw = torch.empty((c, w, bsz, f), dtype=dtype, device=idx_t.device)
-            yw = torch.empty((c, w, bsz), dtype=torch.int64, device=idx_t.device)
-        assert yw is not None
+        xw: torch.Tensor,
+        yw: torch.Tensor,
+    ) -> None:
+        """The minibatches of steps ``s0..s1-1`` of the first ``k`` clients into ``xw`` (C, W, B, F)
+        and ``yw`` (C, W, B)."""
+        bsz, f, w = idx_t.shape[2], xw.shape[3], s1 - s0
         for ci in range(k):
             rows = idx_t[ci, s0:s1].reshape(-1)
-            x = xs[ci]
-            if x.dtype == dtype:
-                torch.index_select(x, 0, rows, out=xw[ci, :w].view(w * bsz, f))
-            else:
-                xw[ci, :w].view(w * bsz, f).copy_(x.index_select(0, rows))
+            torch.index_select(xs[ci], 0, rows, out=xw[ci, :w].view(w * bsz, f))
             torch.index_select(ys[ci], 0, rows, out=yw[ci, :w].view(w * bsz))
-        return xw, yw
-
-    @property
-    def model_dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def _forward_backward(
         self,
@@ -290,12 +290,10 @@ class ChainTrainer:
             a = out
         k, bsz = yb.shape
         if self.kind == "ce":
-            m = a.amax(dim=2, keepdim=True)
-            g = torch.sub(a, m).exp_()
-            z = g.sum(dim=2, keepdim=True)
-            per = (z.log() + m).squeeze(2) - a.gather(2, yb.unsqueeze(2)).squeeze(2)
-            g.div_(z)
-            g.scatter_add_(2, yb.unsqueeze(2), torch.full((k, bsz, 1), -1.0, dtype=g.dtype, device=g.device))
+            g = torch.log_softmax(a, dim=2)  # what F.cross_entropy computes
+            y3 = yb.unsqueeze(2)
+            per = g.gather(2, y3).squeeze(2).neg_()
+            g.exp_().scatter_add_(2, y3, self._minus_one(k, bsz, g))  # softmax - onehot
         else:  # bce with one logit
             logit = a.squeeze(2)
             t = yb.to(a.dtype)
@@ -317,6 +315,18 @@ class ChainTrainer:
                 below = torch.ops.aten.threshold_backward(below, acts[i - 1], 0)
             deltas.insert(0, below)
         return loss, deltas
+
+    def _minus_one(self, k: int, bsz: int, like: torch.Tensor) -> torch.Tensor:
+        got = self._neg
+        if (
+            got is None
+            or got.shape[0] < k
+            or got.shape[1] != bsz
+            or got.dtype != like.dtype
+            or got.device != like.device
+        ):
+            got = self._neg = torch.full((k, bsz, 1), -1.0, dtype=like.dtype, device=like.device)
+        return got[:k]
 
     def _sgd_update(
         self,
@@ -356,7 +366,9 @@ class ChainTrainer:
                 out = vmap(lambda pp, xx: functional_call(self.model, pp, (xx,)))(leaves, xb[:n])
                 ref_loss = self.loss(out, yb[:n], wn)
                 ref = dict(zip(leaves, torch.autograd.grad(ref_loss.sum(), list(leaves.values())), strict=True))
-            acts = [torch.empty((n, xb.shape[1], s.out_features), dtype=xb.dtype, device=xb.device) for s in self.layers]
+            acts = [
+                torch.empty((n, xb.shape[1], s.out_features), dtype=xb.dtype, device=xb.device) for s in self.layers
+            ]
             loss, deltas = self._forward_backward(pn, xb[:n], yb[:n], wn, acts)
             inputs = [xb[:n]] + acts[:-1]
             ok = torch.allclose(loss, ref_loss.detach(), rtol=1e-4, atol=1e-6)
@@ -369,9 +381,7 @@ class ChainTrainer:
             ok = False
         self.verified[masked] = bool(ok)
         if not ok:
-            log.warning("hand-written Linear/ReLU training does not reproduce this model's gradients; using the general path")
+            log.warning(
+                "hand-written Linear/ReLU training does not reproduce this model's gradients; using the general path"
+            )
             raise NotFusable("hand-written gradients differ from autograd's")
-
-
-def x_itemsize(xs: list[torch.Tensor]) -> int:
-    return max(4, xs[0].element_size()) if xs else 4

@@ -10,7 +10,8 @@ workload is bound by memory traffic over the clients' weights, that is markedly 
 gradient-then-update, with the same arithmetic as ``torch.optim.SGD`` up to float rounding.
 
 Used by ``StackedTrainer`` for plain SGD (momentum 0; weight decay and FedProx allowed) when every
-trainable parameter belongs to an ``nn.Linear`` that runs once per forward; the first use checks
+trainable parameter belongs to an ``nn.Linear`` that runs once per forward and the model is not a
+plain Linear/ReLU chain (those take ``fedblend.sim.chain``, without autograd); the first use checks
 the fused gradients against ordinary ones and falls back for good if they differ (e.g. tied
 weights used outside their module).
 """

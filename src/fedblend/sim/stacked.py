@@ -9,12 +9,18 @@ still training are a prefix ``[:k]`` of the stack; the others keep their paramet
 optimizer state) untouched. Short batches (the last batch of an epoch) are padded and masked: the
 loss is the mean over the real examples only, as in ``TorchTask``.
 
+Linear/ReLU chains (logistic regression, MLPs) skip ``vmap`` and autograd altogether:
+``fedblend.sim.chain`` trains them with hand-written batched matrix products, on the CPU in
+interleaved client groups, one thread each (``torch.get_num_threads()`` groups of >= 4 clients).
+
     results = train_stacked(model, task, weights, jobs, cfg, device=torch.device("cpu"))
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +80,9 @@ class StackedTrainer:
     losses are independent, so the gradient of their sum holds each client's own gradient.
     """
 
+    min_group = 4  # clients per thread below which one thread trains them all
+    max_groups = 8  # threads at most (their Python work shares the GIL)
+
     def __init__(self, model: nn.Module, task: Any, device: torch.device) -> None:
         self.model = model
         self.task = task
@@ -108,24 +117,92 @@ class StackedTrainer:
         settings = self.task.optimizer_settings(cfg)
         mu = float(cfg.proximal_mu)
         anchor = {n: torch.from_numpy(np.array(weights[n])).to(dev).unsqueeze(0) for n in self.trainable}
-        losses = None
+        got = None
         if self.chain.usable(sjobs):  # hand-written Linear/ReLU training, no autograd
-            params = {n: _stack(weights[n], c, dev) for n in self.trainable}
             try:
-                losses = self.chain.run(params, anchor, sjobs, idx, mask, full, active, settings, mu)
+                got = self._train_chain(weights, sjobs, idx, mask, settings, mu, anchor)
             except NotFusable:
-                losses = None
-        if losses is None:
+                got = None
+        if got is None:
             params, losses = self._train_general(weights, sjobs, idx, mask, full, active, settings, mu, anchor)
-        loss_sums = losses.double().sum(dim=1).cpu().numpy()
-        stacked = {n: p.detach().cpu().numpy() for n, p in params.items()}
+            arrays = {n: p.detach().cpu().numpy() for n, p in params.items()}
+            got = ([{n: a[i] for n, a in arrays.items()} for i in range(c)], losses.double().sum(dim=1).cpu().numpy())
+        trained, loss_sums = got
         results: list[ClientResult | None] = [None] * c
         for pos, job_i in enumerate(order):
-            arrays = {n: (stacked[n][pos] if n in stacked else np.array(weights[n])) for n in weights}
+            arrays = {n: (trained[pos][n] if n in trained[pos] else np.array(weights[n])) for n in weights}
             n_steps = int(steps[job_i])
             mean = float(loss_sums[pos] / n_steps) if n_steps else math.nan
             results[job_i] = ClientResult(jobs[job_i].site_id, Weights(arrays), mean, n_steps)
         return [r for r in results if r is not None]
+
+    def _train_chain(
+        self,
+        weights: Weights,
+        sjobs: Sequence[ClientJob],
+        idx: np.ndarray,
+        mask: np.ndarray,
+        settings: dict[str, Any],
+        mu: float,
+        anchors: dict[str, torch.Tensor],
+    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """The hand-written path: each client's trained parameters (in the order of ``sjobs``) and
+        summed step losses.
+
+        On the CPU with ``torch.get_num_threads() = T > 1`` the clients are split into T
+        interleaved groups (of at least ``min_group`` clients) trained by T threads, each running
+        its operations single-threaded: independent clients need no synchronisation until the
+        end, where intra-op threads would meet at a barrier after every small matrix product."""
+        c = len(sjobs)
+        dev = self.device
+        offsets = np.cumsum([0] + [len(j.y) for j in sjobs[:-1]]).reshape(c, 1, 1)
+        idx = np.maximum(idx - offsets, 0)  # rows of each client's own data (padding: row 0)
+        steps = np.array([len(j.batches) for j in sjobs])  # non-increasing
+        groups = 1
+        if dev.type == "cpu":
+            groups = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, self.max_groups, c // self.min_group))
+        parts = [np.arange(g, c, groups) for g in range(groups)]  # interleaved: similar step counts
+        trained: list[dict[str, np.ndarray]] = [{} for _ in range(c)]
+        loss_sums = np.zeros(c)
+
+        def train_group(pos: np.ndarray) -> None:
+            st = steps[pos]
+            s_n = int(st.max())
+            active = [int((st > s).sum()) for s in range(s_n)]
+            params = {n: _stack(weights[n], len(pos), dev) for n in self.trainable}
+            jobs = [sjobs[i] for i in pos]
+            losses = self.chain.run(params, anchors, jobs, idx[pos, :s_n], mask[pos, :s_n], active, settings, mu)
+            arrays = {n: p.cpu().numpy() for n, p in params.items()}
+            for row, i in enumerate(pos):
+                trained[i] = {n: a[row] for n, a in arrays.items()}
+            loss_sums[pos] = losses.double().sum(dim=1).cpu().numpy()
+
+        errors: list[BaseException] = []
+
+        def work(g: int) -> None:
+            try:
+                if groups > 1:
+                    torch.set_num_threads(1)
+                train_group(parts[g])
+            except BaseException as exc:  # re-raised in the calling thread
+                errors.append(exc)
+
+        threads_before = torch.get_num_threads()
+        workers = [threading.Thread(target=work, args=(g,), daemon=True) for g in range(1, groups)]
+        try:
+            for t in workers:
+                t.start()
+            work(0)
+            for t in workers:
+                t.join()
+        finally:
+            torch.set_num_threads(threads_before)
+        for exc in errors:  # a failed self-check first: the caller then takes the general path
+            if isinstance(exc, NotFusable):
+                raise exc
+        if errors:
+            raise errors[0]
+        return trained, loss_sums
 
     def _train_general(
         self,

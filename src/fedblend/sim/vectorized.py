@@ -8,9 +8,12 @@ within float tolerance. Evaluation scores one model on many sites in shared batc
 site. Memory is bounded by the chunk (weights, gradients, optimizer state and the chunk's data),
 never by the total number of sites or by the number of rounds.
 
-Plain SGD on models made of ``nn.Linear`` layers (logistic regression, the 2NN) takes a fused
-path (``fedblend.sim.fused``) that updates the stacked weights with one GEMM per layer instead of
-gradient-then-update. Works for models without buffers, dropout or recurrent layers
+Models that are a chain of ``nn.Linear`` and ReLU layers (logistic regression, the 2NN) train
+without autograd: a hand-written forward/backward with batched matrix products
+(``fedblend.sim.chain``), any SGD/Adam setting, on the CPU in client groups on one thread each.
+Other plain-SGD models made of ``nn.Linear`` layers take a fused path (``fedblend.sim.fused``)
+that updates the stacked weights with one GEMM per layer instead of gradient-then-update; the
+rest runs ``vmap`` + autograd. Works for models without buffers, dropout or recurrent layers
 (``vmap_blocker`` says why a model does not qualify); ``make_pool("auto", ...)`` falls back to
 another pool for those. ``device="auto"`` uses the GPU when there is one.
 
