@@ -63,10 +63,21 @@ def check_update(
         global_weights.check_compatible(update.weights, "update")
     except FedblendError as exc:
         return str(exc)
-    if not update.weights.is_finite():
+    norm = _distance(update.weights, global_weights)
+    if not np.isfinite(norm):  # the global model is finite, so the update is not (or overflows)
         bad = [k for k, v in update.weights.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
-        return f"update contains NaN or Inf in {bad}"
-    norm = (update.weights - global_weights).l2_norm()
+        if bad:
+            return f"update contains NaN or Inf in {bad}"
     if not np.isfinite(norm) or norm > max_update_norm:
         return f"update norm ||w - w_global|| = {norm:.4g} exceeds max_update_norm {max_update_norm:.4g}"
     return None
+
+
+def _distance(a: Weights, b: Weights) -> float:
+    """||a - b||, one pass per array: a dot product of the difference (BLAS) instead of a float64
+    copy of every array; NaN or Inf anywhere makes it non-finite."""
+    total = 0.0
+    for k, v in a.items():
+        d = np.subtract(v, b[k], dtype=v.dtype if v.dtype.kind == "f" else np.float64).ravel()
+        total += float(np.dot(d, d))
+    return float(np.sqrt(total))
