@@ -36,6 +36,7 @@ from fedblend.data.base import ArraySplit
 from fedblend.engine.site import SiteRunner, site_seed
 from fedblend.errors import ConfigError
 from fedblend.records import EvalReport, RoundPlan, SiteFailure, SiteStats, SiteUpdate
+from fedblend.sim.heap import trim_heap
 from fedblend.sim.stacked import ClientJob, StackedTrainer, batch_plan
 from fedblend.weights import Weights
 
@@ -195,6 +196,7 @@ class VectorizedPool:
                     metrics={"train_loss": r.train_loss, "steps": r.steps},
                     duration_s=per_site,
                 )
+        trim_heap()  # the round's buffers go back to the OS: memory flat across rounds
         return [done[sid] for sid in plan.site_ids]
 
     def evaluate(
