@@ -121,7 +121,9 @@ class EndProbe:
         return merged, None
 
 
-def run_cell(dataset: str, alpha: float | None, seed: int, data_dir: str | None) -> dict[str, dict[str, float]]:
+def run_cell(
+    dataset: str, alpha: float | None, seed: int, data_dir: str | None, extra: dict[str, Any] | None = None
+) -> dict[str, dict[str, float]]:
     import optuna
     import torch
 
@@ -149,6 +151,7 @@ def run_cell(dataset: str, alpha: float | None, seed: int, data_dir: str | None)
     out["fedavg"], out["uniform"] = probe_a.results["fedavg"], probe_a.results["uniform"]
     variants: dict[str, Any] = {"n^tau (tpe)": {"space": "power"}}
     variants.update({f"tilt {s}" + (" (default)" if s == "tpe" else ""): {"searcher": s} for s in SEARCHERS})
+    variants.update(extra or {})
     probe_b = EndProbe(variants, seed)
     train(job_for(dataset, seed, alpha, vf, None, data_dir), probe_b)
     out["fedavg (train only)"] = probe_b.results.pop("fedavg")
@@ -178,7 +181,7 @@ def paired(diffs: np.ndarray, seed: int = 0, n_boot: int = 10_000) -> tuple[floa
 
 
 def summarize(cells: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
-    methods = list(cells[0])
+    methods = [m for m in cells[0] if all(m in c for c in cells)]  # --variant rows only where every seed has them
     base = {m: np.array([c["fedavg"][m] for c in cells]) for m in METRICS}
     out: dict[str, dict[str, Any]] = {}
     for name in methods:
@@ -259,6 +262,27 @@ def merged_results(paths: list[str]) -> dict[str, dict[int, Any]]:
     return out
 
 
+def parse_variants(ap: argparse.ArgumentParser, specs: list[str]) -> dict[str, Any]:
+    """``NAME=JSON`` pairs to blend specs, each checked by the package's own ``[blend]`` validation."""
+    from fedblend.blend.config import parse_blend_spec
+    from fedblend.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        if not sep or not name.strip():
+            ap.error(f"--variant {spec!r}: expected NAME=JSON, e.g. 'gamma 4={{\"gamma\": true}}'")
+        try:
+            keys = json.loads(raw)
+            if not isinstance(keys, dict):
+                raise ValueError("not a JSON object")
+            parse_blend_spec(keys)
+        except (ValueError, ConfigError) as exc:
+            ap.error(f"--variant {name.strip()!r}: {exc}")
+        out[name.strip()] = keys
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("heart", "mnist", "all"), default="heart")
@@ -269,8 +293,17 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/blend.json", help="all per-seed numbers are written here")
     ap.add_argument("--merge", nargs="+", metavar="FILE", help="train nothing: summarize earlier --out files together")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra end-of-training blend on the train-only run, as [blend] keys in JSON, e.g. "
+        '\'tilt tpe + gamma 4={"gamma": true, "gamma_range": [0.5, 4]}\' (repeatable)',
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
+    extra = parse_variants(ap, args.variant)
     from rich.console import Console
 
     console = Console(width=200)
@@ -290,7 +323,7 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=get_context("spawn")) as ex:
             for dataset, alpha in settings:
                 key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
-                futures = {ex.submit(run_cell, dataset, alpha, seed, args.data_dir): seed for seed in seeds}
+                futures = {ex.submit(run_cell, dataset, alpha, seed, args.data_dir, extra): seed for seed in seeds}
                 by_seed = {}
                 for fut in as_completed(futures):  # progress, one line per finished seed
                     seed = futures[fut]
