@@ -176,7 +176,7 @@ def _admin_call(bundle_path: Path, server: str | None, method: str, path: str, b
 def register(app: typer.Typer) -> None:
     @app.command()
     def server(
-        job_path: Path = typer.Option(..., "--job", help="job file (TOML) with an optional [deploy] table"),
+        job_path: Path = typer.Option(..., "--job", help="job file (TOML) with an optional [deploy] table ([tune]: run a search)"),
         state: Path = typer.Option(..., "--state", help="state directory: the run store (resumed when it exists)"),
         ca_dir: Path = typer.Option(Path("ca"), "--ca", help="CA directory (server.pem, server.key, ca.pem, revoked.json)"),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for all)"),
