@@ -214,3 +214,42 @@ def test_a_job_switch_keeps_the_sites_data_split(tmp_path):
     for split in ("train", "val", "test"):
         assert (a.split(split).x == b.split(split).x).all() and (a.split(split).y == b.split(split).y).all(), split
     assert sites[0].data_version == sites[1].data_version and sites[0].num_rows == sites[1].num_rows
+
+
+def test_a_round_without_quorum_fails_its_trial_and_the_search_goes_on(tmp_path):
+    """The shared trial code path with a backend whose first federation loses its quorum."""
+    from fedblend.errors import QuorumError
+    from fedblend.hpo.objective import simulation_backend
+    from fedblend.hpo.spec import tune_spec_for
+    from fedblend.hpo.storage import open_storage
+    from fedblend.hpo.tune import open_study
+    from fedblend.hpo.worker import run_worker
+
+    job = load_job(_job(tmp_path))
+    spec = tune_spec_for(job, "job.toml")
+    sim = simulation_backend(DATA_DIR)
+    calls: list[float] = []
+
+    class NoQuorum:
+        def __init__(self, pool):
+            self.pool = pool
+
+        def __getattr__(self, name):
+            return getattr(self.pool, name)
+
+        def train(self, plan, weights):
+            raise QuorumError(f"round {plan.round}: 0 usable update(s) by the deadline, quorum is 2")
+
+    def backend(j):
+        prepared, pool, close = sim(j)
+        calls.append(j.train.lr)
+        return prepared, (NoQuorum(pool) if len(calls) == 1 else pool), close
+
+    storage = open_storage("memory", heartbeat_interval=5, grace_period=20, max_retry=0)
+    study = open_study(job, spec, storage)
+    ran = run_worker(job, spec, storage=storage, study_name=study.study_name, index=0, run_dir=None, lock_dir=None,
+                     backend=backend)
+    trials = study.get_trials()
+    assert ran == 3 and len(calls) == 3
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].user_attrs["fail_reason"].startswith("QuorumError: round 1: 0 usable update(s)")
