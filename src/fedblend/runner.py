@@ -26,7 +26,8 @@ from fedblend.strategies import make_strategy
 from fedblend.task.base import Task
 from fedblend.weights import Weights
 
-__all__ = ["Prepared", "RunOutcome", "prepare", "build_dataset", "build_task", "build_pool", "open_store", "run_job"]
+__all__ = ["Prepared", "RunOutcome", "prepare", "shape_prepared", "build_dataset", "build_task", "build_pool", "open_store",
+           "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,17 @@ def prepare(job: JobSpec, *, data_dir: str | Path | None = None) -> Prepared:
     initial = task.init_weights(job.seed)
     _preflight(task, dataset, initial)
     return Prepared(job, dataset, task, runners, initial)
+
+
+def shape_prepared(job: JobSpec, schema: Any) -> Prepared:
+    """A Prepared without data (a deployment server): the model is built from the shape facts the
+    sites reported (``schema``: input_shape, num_classes, kind, feature_names); the initial weights
+    come from the job's seed, as in simulation."""
+    shape_only = FederatedDataset(name=job.data.dataset, sites={}, num_classes=schema.num_classes,
+                                  input_shape=tuple(schema.input_shape), kind=schema.kind,
+                                  feature_names=tuple(schema.feature_names))
+    task = build_task(job, shape_only)
+    return Prepared(job, shape_only, task, [], task.init_weights(job.seed))
 
 
 def _preflight(task: Task, dataset: FederatedDataset, weights: Weights) -> None:

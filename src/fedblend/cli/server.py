@@ -3,6 +3,9 @@
 
     fedblend server --job examples/heart_deploy.toml --state runs/heart-deploy --ca ca --port 8443
 
+With a [tune] table in the job, the server runs the search instead: trials one after another on
+the connected sites (fedblend.hpo.deployed), the study in --state as `fedblend tune` keeps it.
+
 The server runs the same Federation round loop as `fedblend simulate`, over the deployment pool,
 with its state in the run store under --state. Started again on the same --state, it resumes after
 the last committed round. The model's shape comes from the first site that registers (the server
@@ -38,18 +41,6 @@ def _open_state(job: Any, state: Path, fresh: bool) -> Any:
     return open_store(job, run_dir=state, resume=resume, overwrite=fresh)
 
 
-def _shape_prepared(job: Any, schema: Any) -> Any:
-    """A Prepared without data: the model is built from the shape facts the sites reported."""
-    from fedblend.data.base import FederatedDataset
-    from fedblend.runner import Prepared, build_task
-
-    shape_only = FederatedDataset(name=job.data.dataset, sites={}, num_classes=schema.num_classes,
-                                  input_shape=tuple(schema.input_shape), kind=schema.kind,
-                                  feature_names=tuple(schema.feature_names))
-    task = build_task(job, shape_only)
-    return Prepared(job, shape_only, task, [], task.init_weights(job.seed))
-
-
 def _dashboard_app(state: Path, offline_after_s: float) -> Any | None:
     """The dashboard over the run store, when ``fedblend.dashboard`` provides ``create_app``."""
     import importlib
@@ -81,13 +72,21 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
     from fedblend.net.pool import DeploymentPool
     from fedblend.net.server import create_app, serve, tune_malloc
     from fedblend.net.wire import Schema
-    from fedblend.runner import build_federation
+    from fedblend.runner import build_federation, shape_prepared
 
     tune_malloc()
     job = load_with_overrides(job_path, sets)
     spec = parse_deploy(job.deploy, source=str(job_path))
     ca = CertificateAuthority(ca_dir)
-    store = _open_state(job, state, fresh)
+    search = None
+    if job.tune is not None:  # a [tune] table: a search whose trials run on the sites
+        from fedblend.hpo.deployed import open_search
+        from fedblend.store import SqlRunStore
+
+        tspec, url, storage, study = open_search(job, state, fresh=fresh, source=str(job_path))
+        store = SqlRunStore(state)
+    else:
+        store = _open_state(job, state, fresh)
     meta = store.meta()
     schema = Schema.model_validate(meta["deploy_schema"]) if meta.get("deploy_schema") else None
     pool = DeploymentPool(spec, spool_dir=state / "spool", job_toml=job.to_toml(), store=store, schema=schema,
@@ -95,9 +94,13 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
 
     def make_federation(total: int) -> Any:
         assert pool.schema is not None
-        return build_federation(job.with_overrides(rounds=total), _shape_prepared(job, pool.schema), pool, store)
+        return build_federation(job.with_overrides(rounds=total), shape_prepared(job, pool.schema), pool, store)
 
-    coord = Coordinator(pool, store, make_federation, spec=spec, rounds=job.rounds)
+    if job.tune is not None:
+        from fedblend.hpo.deployed import DeployedSearch
+
+        search = DeployedSearch(job, tspec, pool, spec, state=state, url=url, storage=storage, study=study, store=store)
+    coord: Any = search if search is not None else Coordinator(pool, store, make_federation, spec=spec, rounds=job.rounds)
 
     def revoke(site: str, reason: str) -> list[str]:
         serials = [c["serial"] for c in ca.issued() if c["name"] == site and c["role"] == "site"]
@@ -122,7 +125,8 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
 
     def started(bound: int) -> None:
         if not quiet:
-            console.print(f"fedblend server for [bold]{job.name}[/] on https://{host}:{bound} (state in {state}); "
+            what = f"search of {job.name}" if search is not None else job.name
+            console.print(f"fedblend server for [bold]{what}[/] on https://{host}:{bound} (state in {state}); "
                           f"waiting for {spec.start_count()} site(s)")
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
@@ -142,6 +146,12 @@ def run_server(job_path: Path, state: Path, ca_dir: Path, *, host: str, port: in
     if coord.error is not None:
         err_console.print(f"[bold red]error:[/] {coord.error}")
         return 1
+    if search is not None:
+        if not quiet and search.outcome is not None:
+            from fedblend.cli.tune import show_outcome
+
+            show_outcome(search.outcome)
+        return 0
     if not quiet and rounds:
         gm = rounds[-1]["global_metrics"]
         console.print(f"finished round {rounds[-1]['round']}: " + "  ".join(f"{k}={fmt(v)}" for k, v in gm.items()))
@@ -166,7 +176,7 @@ def _admin_call(bundle_path: Path, server: str | None, method: str, path: str, b
 def register(app: typer.Typer) -> None:
     @app.command()
     def server(
-        job_path: Path = typer.Option(..., "--job", help="job file (TOML) with an optional [deploy] table"),
+        job_path: Path = typer.Option(..., "--job", help="job file (TOML) with an optional [deploy] table ([tune]: run a search)"),
         state: Path = typer.Option(..., "--state", help="state directory: the run store (resumed when it exists)"),
         ca_dir: Path = typer.Option(Path("ca"), "--ca", help="CA directory (server.pem, server.key, ca.pem, revoked.json)"),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for all)"),

@@ -7,6 +7,10 @@ With ``[tune].repeats = k`` a trial trains k federations of the same configurati
 seed .. seed+k-1 (each draws its own validation split and training order: repeated random-split
 validation) in lockstep, and reports and returns their mean; on small federations this keeps the
 search from chasing the noise of one validation split. Test data is never evaluated during a search.
+
+Where the federations run is the ``backend``'s business: ``backend(job) -> (prepared, pool, close)``.
+``simulation_backend`` (the default) loads the data and builds a simulation pool per federation; a
+deployment (``fedblend.hpo.deployed``) hands the trial's job to its connected sites instead.
 """
 
 from __future__ import annotations
@@ -24,9 +28,27 @@ from fedblend.hpo.spec import TuneSpec
 from fedblend.jobs import JobSpec, parse_job
 from fedblend.records import RoundResult
 
-__all__ = ["trial_job", "best_job", "round_metrics", "FederatedObjective"]
+__all__ = ["trial_job", "best_job", "round_metrics", "FederatedObjective", "Backend", "simulation_backend"]
 
 log = logging.getLogger(__name__)
+
+# where a trial's federation runs: the job -> (Prepared, SitePool, close); ``close()`` after the trial
+Backend = Callable[[JobSpec], tuple[Any, Any, Callable[[], None]]]
+
+
+def simulation_backend(data_dir: str | Path | None = None) -> Backend:
+    """Federations in simulation: the job's data under ``data_dir``, its own pool (closed after the trial)."""
+
+    def backend(job: JobSpec) -> tuple[Any, Any, Callable[[], None]]:
+        from fedblend.runner import build_pool, prepare
+
+        prepared = prepare(job, data_dir=data_dir)
+        if sum(len(s.val) for s in prepared.dataset.sites.values()) == 0:
+            raise ConfigError(f"{job.name}: the sites hold no validation examples; raise [data].val_fraction")
+        pool = build_pool(job, prepared)
+        return prepared, pool, pool.close
+
+    return backend
 
 
 def _apply(raw: dict[str, Any], values: Mapping[str, Any]) -> None:
@@ -90,7 +112,8 @@ class FederatedObjective:
     """Optuna objective: ``objective(trial)`` runs one federation and returns its score(s).
 
     ``run_dir`` (optional) receives a sub-run per trial when ``spec.keep_runs`` is set;
-    ``on_round(trial_number, result)`` sees every round (progress display).
+    ``on_round(trial_number, result)`` sees every round (progress display); ``backend`` runs the
+    federations (default: ``simulation_backend(data_dir)``).
     """
 
     def __init__(
@@ -102,6 +125,7 @@ class FederatedObjective:
         run_dir: Path | None = None,
         worker: str = "0",
         on_round: Callable[[int, RoundResult], None] | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.job = job
         self.spec = spec
@@ -109,11 +133,12 @@ class FederatedObjective:
         self.run_dir = run_dir
         self.worker = worker
         self.on_round = on_round
+        self.backend = backend if backend is not None else simulation_backend(data_dir)
 
     def __call__(self, trial: Any) -> float | list[float]:
         import optuna
 
-        from fedblend.runner import build_federation, build_pool, open_store, prepare
+        from fedblend.runner import build_federation, open_store
 
         values = suggest_params(trial, self.spec.space)
         trial.set_user_attr("worker", self.worker)
@@ -135,24 +160,21 @@ class FederatedObjective:
         rounds_done = 0
         by_round: dict[int, float] = {}
         finals: list[dict[str, float]] = []
-        pools: list[Any] = []
+        closers: list[Callable[[], None]] = []
         stores: list[Any] = []
         try:
             try:
                 feds = []
                 for i, j in enumerate(jobs):
-                    prepared = prepare(j, data_dir=self.data_dir)
-                    if sum(len(s.val) for s in prepared.dataset.sites.values()) == 0:
-                        raise ConfigError(f"trial {trial.number}: the sites hold no validation examples; "
-                                          "raise [data].val_fraction")
+                    prepared, pool, close = self.backend(j)
+                    closers.append(close)
                     model_bytes = prepared.initial_weights.nbytes
                     store = None
                     if self.spec.keep_runs and self.run_dir is not None:
                         sub = f"trial_{trial.number:05d}" + (f"_seed{j.seed}" if i else "")
                         store = open_store(j, run_dir=self.run_dir / "trials" / sub, overwrite=True)
                         stores.append(store)
-                    pools.append(build_pool(j, prepared))
-                    feds.append(build_federation(j, prepared, pools[-1], store))
+                    feds.append(build_federation(j, prepared, pool, store))
                 for rnd in range(1, job.rounds + 1):
                     for fed in feds:
                         fed.run(until=rnd)
@@ -172,8 +194,8 @@ class FederatedObjective:
                             raise optuna.TrialPruned(f"round {rnd}: {primary}={v:.4f}")
                 finals = [round_metrics(fed.history[-1]) for fed in feds]
             finally:
-                for pool in pools:
-                    pool.close()
+                for close in closers:
+                    close()
                 for store in stores:
                     store.close()
         except FedblendError as exc:

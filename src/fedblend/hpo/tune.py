@@ -97,9 +97,10 @@ def preflight(job: JobSpec, data_dir: str | Path | None) -> None:
 
 
 def _setup(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume: bool, source: str,
-           data_dir: str | Path | None = None) -> tuple[TuneSpec, str, Any, Any]:
+           data_dir: str | Path | None = None, check_data: bool = True) -> tuple[TuneSpec, str, Any, Any]:
     spec = tune_spec_for(job, source)
-    preflight(job, data_dir)
+    if check_data:  # a deployment server holds no data: its sites check theirs
+        preflight(job, data_dir)
     if fresh:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")

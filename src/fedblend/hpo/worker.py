@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedblend.errors import FedblendError
-from fedblend.hpo.objective import FederatedObjective
+from fedblend.hpo.objective import Backend, FederatedObjective
 from fedblend.hpo.search import make_pruner, make_tune_sampler, worker_seed
 from fedblend.hpo.spec import TuneSpec
 from fedblend.hpo.storage import budget_state, claim_lock
@@ -93,8 +93,10 @@ def run_worker(
     data_dir: str | Path | None = None,
     on_trial: Callable[[Any], None] | None = None,
     on_round: Callable[[int, Any], None] | None = None,
+    backend: Backend | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> int:
-    """Run trials until the shared budget is spent; returns how many this worker ran.
+    """Run trials until the shared budget is spent (or ``stop()`` says so); returns how many this worker ran.
 
     ``lock_dir`` holds the claim lock; ``lock_is_global`` says every worker of the study uses it
     (SQLite in the run directory), not only those on this machine (a shared PostgreSQL storage).
@@ -109,12 +111,16 @@ def run_worker(
         pruner=make_pruner(spec, job.rounds),
     )
     storage_obj = study._storage  # noqa: SLF001
-    objective = FederatedObjective(job, spec, data_dir=data_dir, run_dir=run_dir, worker=str(index), on_round=on_round)
+    objective = FederatedObjective(job, spec, data_dir=data_dir, run_dir=run_dir, worker=str(index), on_round=on_round,
+                                   backend=backend)
     budget = effective_budget(spec)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s is not None else None
     poll_s = max(0.2, spec.heartbeat_interval / 2)
     ran = 0
     while True:
+        if stop is not None and stop():
+            log.info("worker %d: stopped after %d trial(s)", index, ran)
+            break
         if deadline is not None and time.monotonic() > deadline:
             log.info("worker %d: timeout after %d trial(s)", index, ran)
             break

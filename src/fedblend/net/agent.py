@@ -7,6 +7,9 @@
                 stream the update up (manifest, chunks, commit)
       evaluate: stream the model (and reference) down, SiteRunner.evaluate, send the scalar sums
       wait:     re-hash the data manifest every data_check_s; new data -> reload and register again
+      a task whose job_id differs from the job this site loaded (the server switched jobs, e.g.
+      between the trials of a search): fetch hello again, reload the site from the new job,
+      register again, then do the task (the data split depends only on the seed and val_fraction)
 
 The agent does not know job files: ``load_site(job_toml)`` (given by the CLI) builds the site's
 SiteRunner from the job the server sent. Exit codes: 0 done, 3 certificate rejected or server not
@@ -29,7 +32,7 @@ from fedblend.errors import FedblendError, TransportError
 from fedblend.net.client import ApiError, CertificateRejected, FleetClient, ServerUntrusted
 from fedblend.net.codec import file_digests, write_weights
 from fedblend.net.identity import SiteBundle
-from fedblend.net.wire import Hello, ModelRef, Registration, Schema, UploadManifest, WorkItem
+from fedblend.net.wire import Hello, ModelRef, Registration, Schema, UploadManifest, WorkItem, job_id_of
 from fedblend.records import RoundPlan
 from fedblend.weights import Weights
 
@@ -66,6 +69,7 @@ class SiteAgent:
         self.long_poll_s = long_poll_s
         self.site: LocalSite | None = None
         self.hello: Hello | None = None
+        self.job_id: str | None = None  # id of the job the site was loaded from
         self.state, self.progress, self.task_id = "online", 0.0, None
         self._stop = threading.Event()
         self._need_register = threading.Event()
@@ -115,9 +119,28 @@ class SiteAgent:
 
     def _enroll(self) -> None:
         self.hello = Hello.model_validate(self.client.json("GET", "/v1/hello"))
-        if self.site is None or self.site.current_version() != self.site.data_version:
+        job_id = job_id_of(self.hello.job_toml)
+        if self.site is None or self.site.current_version() != self.site.data_version or job_id != self.job_id:
             self.site = self.load_site(self.hello.job_toml, self.name)
+            self.job_id = job_id
         self._register()
+
+    def follow_job(self, item: WorkItem) -> bool:
+        """Make sure the site runs the job ``item`` belongs to; False when the item is stale.
+
+        An item without ``job_id`` (a server that never switched jobs) or with the loaded job's id
+        needs nothing. Otherwise the server switched jobs: fetch hello, reload, register again.
+        """
+        if item.job_id is None or item.job_id == self.job_id:
+            return True
+        log.info("site %s: the server switched jobs (%s -> %s); reloading", self.name,
+                 (self.job_id or "-")[:12], item.job_id[:12])
+        self._enroll()
+        if self.job_id != item.job_id:  # the job moved on again: the item belongs to a finished one
+            log.warning("site %s: task %s belongs to job %s, no longer the server's; skipped", self.name,
+                        item.task_id, item.job_id[:12])
+            return False
+        return True
 
     def _register(self) -> None:
         assert self.site is not None
@@ -145,7 +168,8 @@ class SiteAgent:
                     if item.retry_after_s:
                         self._stop.wait(item.retry_after_s)
                     continue
-                self._do(item)
+                if self.follow_job(item):
+                    self._do(item)
             except ApiError as exc:
                 if exc.code == "not_registered":
                     log.info("the server does not know this site (restarted?); registering again")

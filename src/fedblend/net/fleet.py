@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedblend.errors import FedblendError
 from fedblend.net.config import DeploySpec
 from fedblend.net.spool import Spool, Upload
 from fedblend.net.wire import (
@@ -34,6 +35,7 @@ from fedblend.net.wire import (
     SiteView,
     WireError,
     WorkItem,
+    job_id_of,
 )
 from fedblend.records import EvalReport, SiteFailure, SiteStats, SiteUpdate
 from fedblend.weights import Weights
@@ -60,10 +62,11 @@ class _Task:
     result: Result | None = None
     upload: Upload | None = None
     committed_sha: str | None = None
+    job_id: str | None = None  # set once the server switched jobs (see Fleet.set_job)
 
     def work_item(self) -> WorkItem:
         return WorkItem(kind=self.kind, task_id=self.task_id, round=self.round, model=self.model,  # type: ignore[arg-type]
-                        reference=self.reference, config=self.config, seed=self.seed, split=self.split)
+                        reference=self.reference, config=self.config, seed=self.seed, split=self.split, job_id=self.job_id)
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Fleet:
                  schema: Schema | None = None, on_schema: Callable[[Schema], None] | None = None) -> None:
         self.spec = spec
         self.job_toml = job_toml
+        self.job_id = job_id_of(job_toml)
+        self._announce_job = False  # tasks carry job_id once set_job was called (old agents never see it otherwise)
         self.server_id = secrets.token_hex(8)
         self._spool = Spool(spool_dir, spec.chunk_bytes)
         self._schema = schema
@@ -192,9 +197,29 @@ class Fleet:
             self._cond.notify_all()
         self._emit("set_site_state", site, state="rejected")
 
+    def set_job(self, job_toml: str) -> bool:
+        """Switch the job the sites run, between rounds only (no request may be open); True if it changed.
+
+        From then on every task carries the job's id: a site holding another job fetches /v1/hello
+        again, reloads its site from the new job and registers again before it does the task.
+        """
+        with self._cond:
+            if self._closed:
+                raise FedblendError("the deployment pool is closed")
+            open_ = sorted({b.kind for b in self._batches.values() if not b.closed})
+            if open_:
+                raise FedblendError(f"the job cannot change while a {'/'.join(open_)} request is open; switch between rounds")
+            changed = job_toml != self.job_toml
+            self.job_toml, self.job_id, self._announce_job = job_toml, job_id_of(job_toml), True
+        if changed:
+            self._emit("record_event", "job_switched", job_id=self.job_id)
+        return changed
+
     def hello(self, site: str) -> Hello:
         self._check_expected(site)
-        return Hello(site=site, server_id=self.server_id, job_toml=self.job_toml, heartbeat_s=self.spec.heartbeat_s,
+        with self._lock:
+            job_toml = self.job_toml
+        return Hello(site=site, server_id=self.server_id, job_toml=job_toml, heartbeat_s=self.spec.heartbeat_s,
                      chunk_bytes=self.spec.chunk_bytes, max_update_bytes=self.spec.max_update_bytes,
                      data_check_s=self.spec.data_check_s)
 

@@ -111,6 +111,7 @@ class DeploymentPool(TaskAnswers):
             self._batches[batch_id] = batch
             for s in sites:
                 t = make(batch_id, s)
+                t.job_id = self.job_id if self._announce_job else None
                 batch.tasks[s] = t
                 self._tasks[t.task_id] = t
                 sess = self._sessions.get(s)

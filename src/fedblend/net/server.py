@@ -207,7 +207,7 @@ def create_app(pool: DeploymentPool, *, revocations: RevocationList, admin_token
     def heartbeat(hb: Heartbeat, name: str = Depends(site)) -> HeartbeatReply:
         return pool.heartbeat(name, hb)
 
-    @app.get("/v1/work", response_model=WorkItem)
+    @app.get("/v1/work", response_model=WorkItem, response_model_exclude_none=True)  # no job_id: old agents still parse it
     async def work(wait: float = Query(default=0.0, ge=0.0, le=300.0), name: str = Depends(site)) -> WorkItem:
         import asyncio
 

@@ -8,7 +8,8 @@ down, ``UploadManifest`` on the way up), each chunk with its own sha256 and the 
     GET  /v1/hello                    ->   job, settings          (identity from the certificate)
     POST /v1/register  Registration   ->   Registered
     POST /v1/heartbeat Heartbeat      ->   HeartbeatReply
-    GET  /v1/work?wait=S              ->   WorkItem (train | evaluate | wait | done)
+    GET  /v1/work?wait=S              ->   WorkItem (train | evaluate | wait | done; job_id once the
+                                           server switched jobs, e.g. between the trials of a search)
     GET  /v1/models/{id}/chunks/{i}   ->   bytes
     POST /v1/tasks/{id}/upload  UploadManifest -> UploadTicket
     PUT  /v1/uploads/{id}/chunks/{i}  bytes    -> ChunkAck
@@ -19,6 +20,7 @@ down, ``UploadManifest`` on the way up), each chunk with its own sha256 and the 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "job_id_of",
     "Schema",
     "Hello",
     "Registration",
@@ -50,6 +53,11 @@ __all__ = [
 PROTOCOL_VERSION = 1
 _SHA256 = r"^[0-9a-f]{64}$"
 SiteState = Literal["online", "training", "evaluating", "idle", "offline", "rejected"]
+
+
+def job_id_of(job_toml: str) -> str:
+    """The id of a job: sha256 of its TOML text (what ``WorkItem.job_id`` carries)."""
+    return hashlib.sha256(job_toml.encode("utf-8")).hexdigest()
 
 
 class _Msg(BaseModel):
@@ -129,6 +137,9 @@ class WorkItem(_Msg):
     split: str | None = None
     retry_after_s: float = 0.0
     message: str = ""
+    job_id: str | None = Field(default=None, pattern=_SHA256,
+                               description="sha256 of the job TOML this task belongs to; a site holding another job "
+                                           "fetches /v1/hello again and reloads (None: the job from hello)")
 
 
 class UploadManifest(_Msg):
