@@ -2,9 +2,11 @@
 # A real deployment on this machine: a fedblend server and one site agent per heart-disease
 # hospital (Cleveland, Hungary, Switzerland, VA Long Beach), each a separate process talking
 # mutual-TLS HTTPS over 127.0.0.1. Runs examples/heart_deploy.toml to the end and prints the
-# final model's accuracy at each hospital.
+# final model's accuracy at each hospital. Given a job with a [tune] table, the server runs the
+# search on the hospitals instead (trials one after another) and the script prints its trials.
 #
-#   bash examples/deploy_local.sh            # from the repository root, after the README set-up
+#   bash examples/deploy_local.sh                                   # from the repository root, after the README set-up
+#   bash examples/deploy_local.sh examples/heart_deploy_tune.toml   # a hyperparameter search on the hospitals
 #
 # Environment: FEDBLEND_DATA_DIR (default ../shared/data), PYTHON (default .venv/bin/python),
 # WORK (default: a new temporary directory, kept for inspection).
@@ -18,6 +20,8 @@ export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fedblend-deploy.XXXXXX")}
 FB() { "$PYTHON" -m fedblend "$@"; }
+JOB=${1:-examples/heart_deploy.toml}
+[ -f "$JOB" ] || { echo "error: no job file $JOB" >&2; exit 2; }
 HOSPITALS="cleveland hungary switzerland va"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
@@ -31,8 +35,8 @@ echo "== working in $WORK (server on https://127.0.0.1:$PORT)"
 FB ca init --dir "$WORK/ca" --server-url "https://127.0.0.1:$PORT" > /dev/null
 for h in $HOSPITALS; do FB ca add-site "$h" --dir "$WORK/ca" > /dev/null; done
 
-# 2. the server (waits for the four hospitals, runs 15 rounds, then tells them it is done)
-FB server --job examples/heart_deploy.toml --state "$WORK/state" --ca "$WORK/ca" --port "$PORT" \
+# 2. the server (waits for the four hospitals, runs the job, then tells them it is done)
+FB server --job "$JOB" --state "$WORK/state" --ca "$WORK/ca" --port "$PORT" \
    --ready-file "$WORK/ready.json" > "$WORK/server.log" 2>&1 &
 SERVER=$!; PIDS+=("$SERVER")
 for _ in $(seq 600); do [ -f "$WORK/ready.json" ] && break; kill -0 "$SERVER" 2>/dev/null || break; sleep 0.1; done
@@ -51,7 +55,14 @@ for i in "${!SITES[@]}"; do wait "${SITES[$i]}" || { status=$?; echo "a site exi
 wait "$SERVER" || { status=$?; echo "the server exited with $status; see $WORK/server.log" >&2; }
 [ "$status" -eq 0 ] || exit "$status"
 
-# 4. the final model's accuracy at each hospital, from the server's run store
+# 4. a search: its trials and best configuration; a federation: the final model's accuracy at
+#    each hospital, from the server's run store
+if [ -f "$WORK/state/best_job.toml" ]; then
+  FB show "$WORK/state"
+  echo "== the best configuration, ready to run: $WORK/state/best_job.toml"
+  echo "== logs and the run store are in $WORK"
+  exit 0
+fi
 "$PYTHON" - "$WORK/state" <<'EOF'
 import sys
 from fedblend.store import SqlRunStore

@@ -132,6 +132,13 @@ def test_two_objectives_write_the_pareto_front(tmp_path: Path, data_dir: Path) -
     assert load_job(out.best_job_path).sampling.count in {t.params["sampling.count"] for t in out.best}
 
 
+def cli(args: list[str]) -> int:
+    try:
+        return int(main(args) or 0)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 def test_cli_tune_prints_trials_and_writes_the_best_job(tmp_path: Path, data_dir: Path, capsys) -> None:
     src = Path(__file__).resolve().parents[1] / "examples" / "heart_tune.toml"
     rd = tmp_path / "cli"
@@ -145,6 +152,16 @@ def test_cli_tune_prints_trials_and_writes_the_best_job(tmp_path: Path, data_dir
     assert code == 0, err
     assert "trials (3 of 3, best first)" in out and "best job written to" in out
     assert load_job(rd / "best_job.toml").rounds == 2
+    # `fedblend show` on the search prints its trials (best first) from the stored summary, not a rounds table
+    summary = json.loads((rd / "tune.json").read_text())
+    best = summary["best"][0]
+    assert cli(["show", str(rd)]) == 0
+    out, _ = capsys.readouterr()
+    assert "search of heart-tune" in out and "trials (3 of 3, best first)" in out and "rounds" not in out.split("\n")[1]
+    assert f"best trial {best['number']}: {summary['metrics'][0]}={best['values'][0]:.4f}" in out.replace("\n", " ")
+    assert cli(["runs", "--root", str(tmp_path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "cli" in out and "search 3/3" in out
     try:
         code = main(["tune", str(src), "--run-dir", str(rd), "--data-dir", str(data_dir), "--set", "data.val_fraction=0.0", "-q"])
     except SystemExit as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -17,6 +18,19 @@ def _open(run: Path):  # type: ignore[no-untyped-def]
     if not run.exists():
         raise StoreError(f"no run at {run}: the directory does not exist (see `fedblend runs` for the runs under ./runs)")
     return SqlRunStore(run, create=False)
+
+
+def _show_tune(run: Path, st, meta: dict) -> None:  # type: ignore[no-untyped-def]
+    """A search's trials (best first), importances and best configuration, from its tune.json."""
+    from fedblend.cli.tune import show_outcome
+    from fedblend.hpo.results import outcome_from_summary
+
+    text = st.document("tune.json")
+    if text is None:
+        console.print(f"search {meta.get('study_name', '')!r} ({meta.get('searcher', '?')}, {meta.get('n_trials', '?')} trials): "
+                      "no summary yet (it is written when the search ends; the dashboard shows it live)")
+        return
+    show_outcome(outcome_from_summary(run, text))
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +51,13 @@ def register(app: typer.Typer) -> None:
             meta = st.meta()
             rows = st.rounds()
             last = rows[-1]["global_metrics"] if rows else {}
+            if meta.get("kind") == "tune":  # a search: its trials instead of rounds
+                doc = st.document("tune.json")
+                done = len(json.loads(doc).get("trials", [])) if doc else "?"
+                table.add_row(path.name, str(meta.get("status", "?")), f"search {done}/{meta.get('n_trials', '?')} trials",
+                              str(meta.get("dataset", "")), str(meta.get("model", "")), str(meta.get("strategy", "")), "")
+                st.close()
+                continue
             table.add_row(path.name, str(meta.get("status", "?")), f"{len(rows)}/{meta.get('rounds', '?')}",
                           str(meta.get("dataset", "")), str(meta.get("model", "")), str(meta.get("strategy", "")),
                           fmt(last.get("test_acc")))
@@ -49,11 +70,16 @@ def register(app: typer.Typer) -> None:
         blend: bool = typer.Option(False, "--blend", help="show every blend synthesis: trials, ratios, decision"),
         sites: bool = typer.Option(True, "--sites/--no-sites", help="per-site table of the last evaluated round"),
     ) -> None:
-        """Inspect a run: rounds, per-site metrics, rejected updates, blends."""
+        """Inspect a run: rounds, per-site metrics, rejected updates, blends; for a search, its trials."""
         st = _open(run)
         meta = st.meta()
-        console.print(f"[bold]{meta.get('name', run.name)}[/]  status={meta.get('status', '?')}  "
+        kind = "search of " if meta.get("kind") == "tune" else ""
+        console.print(f"[bold]{kind}{meta.get('name', run.name)}[/]  status={meta.get('status', '?')}  "
                       f"dataset={meta.get('dataset')}  model={meta.get('model')}  strategy={meta.get('strategy')}  seed={meta.get('seed')}")
+        if meta.get("kind") == "tune":  # a hyperparameter search (fedblend tune, or a server with [tune])
+            _show_tune(run, st, meta)
+            st.close()
+            return
         rows = st.rounds()
         table = Table(title="rounds", title_justify="left")
         keys = ["train_loss", "test_loss", "test_acc", "test_acc_mean_sites"]

@@ -21,7 +21,8 @@ from fedblend.hpo.objective import best_job
 from fedblend.hpo.spec import TuneSpec
 from fedblend.jobs import JobSpec
 
-__all__ = ["TuneOutcome", "TrialRow", "finalize", "progress_snapshot", "trial_rows", "importances", "public_url"]
+__all__ = ["TuneOutcome", "TrialRow", "finalize", "outcome_from_summary", "progress_snapshot", "trial_rows", "importances",
+           "public_url"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,24 @@ class TuneOutcome:
         for t in self.trials:
             out[t.state] = out.get(t.state, 0) + 1
         return out
+
+
+def outcome_from_summary(run_dir: Path, text: str) -> TuneOutcome:
+    """The outcome ``finalize`` summarized in ``tune.json`` (for ``fedblend show`` on a finished search)."""
+    doc = json.loads(text)
+
+    def row(d: dict[str, Any]) -> TrialRow:
+        values = d.get("values")
+        return TrialRow(number=int(d["number"]), state=str(d["state"]), values=tuple(values) if values else None,
+                        params=dict(d.get("params") or {}), rounds_done=d.get("rounds_done"),
+                        duration_s=d.get("duration_s"), worker=d.get("worker"), fail_reason=d.get("fail_reason"))
+
+    best_job_path = run_dir / "best_job.toml" if doc.get("best_job") else None
+    return TuneOutcome(run_dir=run_dir, storage_url=str(doc.get("storage", "")), study_name=str(doc.get("study_name", "")),
+                       metrics=list(doc["metrics"]), directions=list(doc["directions"]),
+                       best=[row(d) for d in doc.get("best", [])], best_job_path=best_job_path,
+                       importances=dict(doc.get("importances") or {}), importance_note=str(doc.get("importance_note", "")),
+                       trials=[row(d) for d in doc.get("trials", [])])
 
 
 def public_url(url: str) -> str:
