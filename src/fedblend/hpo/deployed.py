@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedblend.errors import ConfigError, FedblendError, TransportError
+from fedblend.errors import ConfigError, TransportError
 from fedblend.hpo.results import TuneOutcome, finalize
 from fedblend.hpo.spec import TuneSpec, tune_spec_for
 from fedblend.hpo.tune import JOB_FILE, _lock_is_global, _setup
 from fedblend.hpo.worker import effective_budget, run_worker
 from fedblend.jobs import JobSpec
 from fedblend.net.config import DeploySpec
+from fedblend.net.driver import Driver
 from fedblend.net.pool import DeploymentPool
 
 __all__ = ["check_deployable", "open_search", "DeploymentBackend", "DeployedSearch"]
@@ -79,34 +80,22 @@ class DeploymentBackend:
         return shape_prepared(job, self.pool.schema), self.pool, lambda: None
 
 
-class DeployedSearch:
+class DeployedSearch(Driver):
     """The server's driver thread for a search (the Coordinator's counterpart; same control surface)."""
+
+    name = "search"
 
     def __init__(self, job: JobSpec, spec: TuneSpec, pool: DeploymentPool, deploy: DeploySpec, *, state: Path,
                  url: str, storage: Any, study: Any, store: Any = None) -> None:
-        self.job, self.spec, self.pool, self.deploy = job, spec, pool, deploy
-        self.state, self.url, self.storage, self.study, self.store = state, url, storage, study, store
-        self.stop_event = threading.Event()  # shutdown
+        super().__init__(pool, store, deploy)
+        self.job, self.tune, self.deploy = job, spec, deploy
+        self.state, self.url, self.storage, self.study = state, url, storage, study
         self._stop_after_trial = threading.Event()  # admin stop
-        self.finished = threading.Event()
-        self.completed = False
-        self.error: BaseException | None = None
         self.outcome: TuneOutcome | None = None
-        self.status = "starting"
         self.round = 0
         self.trial: int | None = None
-        self._thread = threading.Thread(target=self._main, name="fedblend-search", daemon=True)
 
     # -- control (as the Coordinator) -----------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop: a trial in progress fails (the pool is closed); finished trials stay in the study."""
-        self.stop_event.set()
-        self.pool.close()
-        self._thread.join(timeout)
-
     def admin_stop(self) -> None:
         """End the search after the current trial (results are written for the trials so far)."""
         self._stop_after_trial.set()
@@ -123,47 +112,21 @@ class DeployedSearch:
         return (self.trial or 0) + 1
 
     # -- the search -----------------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            self._run()
-            self.completed = not self.stop_event.is_set()
-        except TransportError as exc:
-            if not self.stop_event.is_set():
-                self.error = exc
-                log.error("search stopped: %s", exc)
-        except BaseException as exc:  # recorded; the server exits with an error
-            self.error = exc
-            log.exception("search failed")
-            self._event("server_error", error=f"{type(exc).__name__}: {exc}")
-            if self.store is not None:
-                self.store.set_status("failed", error=str(exc))
-        finally:
-            if not self.stop_event.is_set():
-                self.pool.set_mode("done", self._done_message())
-            self.finished.set()
-
     def _run(self) -> None:
-        need = self.deploy.start_count()
-        self.status = "waiting"
-        self._event("waiting_for_sites", need=need)
-        if not self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, self.deploy.start_timeout_s or None,
-                                  self.stop_event):
-            if self.stop_event.is_set():
-                return
-            raise FedblendError(f"only {len(self.pool.site_ids())} of {need} site(s) registered within "
-                                f"start_timeout_s={self.deploy.start_timeout_s:g}s; the search did not start")
+        if not self.wait_for_sites("the search"):
+            return
         self.pool.set_mode("running")
         self.status = "running"
-        budget = effective_budget(self.spec)
+        budget = effective_budget(self.tune)
         self._event("search_started", trials=budget, study=self.study.study_name)
-        run_worker(self.job, self.spec, storage=self.storage, study_name=self.study.study_name, index=0,
+        run_worker(self.job, self.tune, storage=self.storage, study_name=self.study.study_name, index=0,
                    run_dir=self.state, lock_dir=self.state, lock_is_global=_lock_is_global(self.url),
                    backend=DeploymentBackend(self.pool, self.deploy, self.stop_event), on_trial=self._trial_done,
                    on_round=self._round_done,
                    stop=lambda: self.stop_event.is_set() or self._stop_after_trial.is_set())
         if self.stop_event.is_set():
             return
-        self.outcome = finalize(self.state, self.job, self.spec, self.study, self.url)
+        self.outcome = finalize(self.state, self.job, self.tune, self.study, self.url)
         self.status = "finished"
         self._event("search_finished", counts=self.outcome.counts,
                     best=self.outcome.best[0].number if self.outcome.best else None)
@@ -181,10 +144,3 @@ class DeployedSearch:
             return f"the server stopped on an error: {self.error}"
         n = sum(1 for t in self.study.get_trials(deepcopy=False) if t.state.is_finished())
         return f"the search is finished after {n} trial(s)"
-
-    def _event(self, kind: str, **payload: Any) -> None:
-        if self.store is not None:
-            try:
-                self.store.record_event(kind, **payload)
-            except Exception:
-                log.exception("could not record event %s", kind)

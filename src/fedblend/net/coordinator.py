@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fedblend.engine.federation import Federation
-from fedblend.errors import FedblendError, QuorumError, TransportError
+from fedblend.errors import QuorumError
 from fedblend.net.config import DeploySpec
+from fedblend.net.driver import Driver
 from fedblend.net.pool import DeploymentPool
 
 __all__ = ["Coordinator"]
@@ -32,35 +33,22 @@ __all__ = ["Coordinator"]
 log = logging.getLogger(__name__)
 
 
-class Coordinator:
+class Coordinator(Driver):
+    name = "coordinator"
+
     def __init__(self, pool: DeploymentPool, store: Any, make_federation: Callable[[int], Federation], *,
                  spec: DeploySpec, rounds: int) -> None:
-        self.pool, self.store, self.make_federation = pool, store, make_federation
-        self.spec, self.rounds = spec, rounds
-        self.stop_event = threading.Event()  # shutdown
+        super().__init__(pool, store, spec)
+        self.make_federation, self.rounds = make_federation, rounds
         self._paused = threading.Event()  # admin stop
         self._start_now = threading.Event()  # admin start
-        self.finished = threading.Event()
-        self.completed = False  # ran to its end (not stopped by a shutdown)
-        self.error: BaseException | None = None
         self.federation: Federation | None = None
-        self.status = "starting"
         meta = store.meta() if store is not None else {}
         self.cycle = int(meta.get("cycle") or 1)
         # data versions the sites had when the current cycle started ("new data" = different now)
         self._baseline: dict[str, str] | None = dict(meta["cycle_data_versions"]) if meta.get("cycle_data_versions") else None
-        self._thread = threading.Thread(target=self._main, name="fedblend-coordinator", daemon=True)
 
     # -- control --------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop: a round in progress is abandoned (the pool is closed), nothing is committed for it."""
-        self.stop_event.set()
-        self.pool.close()
-        self._thread.join(timeout)
-
     def admin_stop(self) -> None:
         self._paused.set()
 
@@ -78,35 +66,9 @@ class Coordinator:
         return self.cycle * self.rounds
 
     # -- the loop -------------------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            self._run()
-            self.completed = not self.stop_event.is_set()
-        except TransportError as exc:
-            if not self.stop_event.is_set():
-                self.error = exc
-                log.error("coordinator stopped: %s", exc)
-        except BaseException as exc:  # recorded; the server exits with an error
-            self.error = exc
-            log.exception("coordinator failed")
-            self._event("server_error", error=f"{type(exc).__name__}: {exc}")
-            if self.store is not None:
-                self.store.set_status("failed", error=str(exc))
-        finally:
-            if not self.stop_event.is_set():
-                self.pool.set_mode("done", self._done_message())
-            self.finished.set()
-
     def _run(self) -> None:
-        need = self.spec.start_count()
-        self.status = "waiting"
-        self._event("waiting_for_sites", need=need)
-        log.info("waiting for %d site(s) to register", need)
-        if not self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need, self.spec.start_timeout_s or None, self.stop_event):
-            if self.stop_event.is_set():
-                return
-            raise FedblendError(f"only {len(self.pool.site_ids())} of {need} site(s) registered within "
-                                f"start_timeout_s={self.spec.start_timeout_s:g}s; the job did not start")
+        if not self.wait_for_sites("the job"):
+            return
         while not self.stop_event.is_set():
             self._run_cycle()
             if self.stop_event.is_set() or self.spec.cycle is None:
@@ -201,10 +163,3 @@ class Coordinator:
         if self.error is not None:
             return f"the server stopped on an error: {self.error}"
         return f"the job is finished after round {self.round}"
-
-    def _event(self, kind: str, **payload: Any) -> None:
-        if self.store is not None:
-            try:
-                self.store.record_event(kind, **payload)
-            except Exception:
-                log.exception("could not record event %s", kind)
