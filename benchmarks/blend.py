@@ -42,7 +42,13 @@ METRICS = ("test_loss", "test_acc", "test_acc_mean_sites", "test_acc_worst_site"
 
 
 def job_for(
-    dataset: str, seed: int, alpha: float | None, val_fraction: float, blend: dict | None, data_dir: str | None
+    dataset: str,
+    seed: int,
+    alpha: float | None,
+    val_fraction: float,
+    blend: dict | None,
+    data_dir: str | None,
+    strategy: str = "fedavg",
 ) -> Any:
     from fedblend.jobs import parse_job
 
@@ -54,6 +60,11 @@ def job_for(
             "model": {"name": "logreg"},
             "train": {"optimizer": "sgd", "lr": 0.001, "batch_size": 4, "local_steps": 100, "loss": "bce"},
         }
+        if strategy != "fedavg":  # FLamby's tuned server optimizer and client lr (benchmarks/flamby_heart.py)
+            from flamby_heart import STRATEGIES as FLAMBY_STRATEGIES
+
+            params, client_lr = {k.lower(): v for k, v in FLAMBY_STRATEGIES.items()}[strategy]
+            raw["strategy"], raw["train"]["lr"] = dict(params), client_lr
     else:
         raw = {
             "rounds": 20,
@@ -68,10 +79,10 @@ def job_for(
             },
             "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "local_epochs": 1},
         }
+    raw.setdefault("strategy", {"name": "fedavg"})
     raw.update(
         name=f"bench-{dataset}-{seed}",
         seed=seed,
-        strategy={"name": "fedavg"},
         eval={"every": 0, "splits": ["test"]},
         pool={"kind": "sequential"},
     )
@@ -122,7 +133,12 @@ class EndProbe:
 
 
 def run_cell(
-    dataset: str, alpha: float | None, seed: int, data_dir: str | None, extra: dict[str, Any] | None = None
+    dataset: str,
+    alpha: float | None,
+    seed: int,
+    data_dir: str | None,
+    extra: dict[str, Any] | None = None,
+    strategy: str = "fedavg",
 ) -> dict[str, dict[str, float]]:
     import optuna
     import torch
@@ -147,16 +163,16 @@ def run_cell(
 
     out: dict[str, dict[str, float]] = {}
     probe_a = EndProbe({"uniform": "uniform"}, seed)
-    train(job_for(dataset, seed, alpha, 0.0, None, data_dir), probe_a)
+    train(job_for(dataset, seed, alpha, 0.0, None, data_dir, strategy), probe_a)
     out["fedavg"], out["uniform"] = probe_a.results["fedavg"], probe_a.results["uniform"]
     variants: dict[str, Any] = {"n^tau (tpe)": {"space": "power"}}
     variants.update({f"tilt {s}" + (" (default)" if s == "tpe" else ""): {"searcher": s} for s in SEARCHERS})
     variants.update(extra or {})
     probe_b = EndProbe(variants, seed)
-    train(job_for(dataset, seed, alpha, vf, None, data_dir), probe_b)
+    train(job_for(dataset, seed, alpha, vf, None, data_dir, strategy), probe_b)
     out["fedavg (train only)"] = probe_b.results.pop("fedavg")
     out.update(probe_b.results)
-    fed = train(job_for(dataset, seed, alpha, vf, RECIPE, data_dir), None)
+    fed = train(job_for(dataset, seed, alpha, vf, RECIPE, data_dir, strategy), None)
     recs = [r.blend for r in fed.history if r.blend]
     out["every-round recipe"] = {
         **fed.history[-1].global_metrics,
@@ -238,11 +254,12 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], console: Any) ->
 def show(key: str, cells: list[dict[str, dict[str, float]]], console: Any) -> dict[str, Any]:
     summary = summarize(cells)
     print_table(
-        f"{key}: {len(cells)} seeds, test metrics (differences paired by seed, vs FedAvg on train+val)",
+        f"{key}: {len(cells)} seeds, test metrics (differences paired by seed, vs "
+        f"{key.rsplit('-', 1)[1] if key.endswith(('-fedadam', '-fedyogi')) else 'FedAvg'} on train+val)",
         summary,
         console,
     )
-    if key == "heart":
+    if key.startswith("heart"):
         console.print(
             f"heart, mean-of-hospitals test accuracy: default blend {summary['tilt tpe (default)']['test_acc_mean_sites']:.4f}, "
             f"every-round recipe {summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
@@ -301,8 +318,17 @@ def main() -> None:
         help="an extra end-of-training blend on the train-only run, as [blend] keys in JSON, e.g. "
         '\'tilt tpe + gamma 4={"gamma": true, "gamma_range": [0.5, 4]}\' (repeatable)',
     )
+    ap.add_argument(
+        "--strategy",
+        choices=("fedavg", "fedadam", "fedyogi"),
+        default="fedavg",
+        help="heart only: train with FLamby's tuned server optimizer instead of FedAvg; the 'fedavg' rows are then "
+        "that strategy's own aggregate (the blend's trial 0)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
+    if args.strategy != "fedavg" and args.dataset != "heart":
+        ap.error("--strategy applies to --dataset heart only")
     extra = parse_variants(ap, args.variant)
     from rich.console import Console
 
@@ -323,7 +349,11 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=get_context("spawn")) as ex:
             for dataset, alpha in settings:
                 key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
-                futures = {ex.submit(run_cell, dataset, alpha, seed, args.data_dir, extra): seed for seed in seeds}
+                key += "" if args.strategy == "fedavg" else f"-{args.strategy}"
+                futures = {
+                    ex.submit(run_cell, dataset, alpha, seed, args.data_dir, extra, args.strategy): seed
+                    for seed in seeds
+                }
                 by_seed = {}
                 for fut in as_completed(futures):  # progress, one line per finished seed
                     seed = futures[fut]
@@ -339,7 +369,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.json:
-        key = "heart" if "heart" in report["settings"] else next(iter(report["settings"]))
+        key = next((k for k in report["settings"] if k.startswith("heart")), next(iter(report["settings"])))
         s = report["settings"][key]["summary"]
         acc = "test_acc_mean_sites"
         print(
@@ -353,7 +383,7 @@ def main() -> None:
                     "blend_vs_fedavg_logloss_ci": list(s["tilt tpe (default)"]["d_test_loss"][2:]),
                     "recipe_acc": s["every-round recipe"][acc],
                     "recipe_vs_fedavg_logloss_ci": list(s["every-round recipe"]["d_test_loss"][2:]),
-                    **({"pooled_ceiling": FLAMBY["pooled"]} if key == "heart" else {}),
+                    **({"pooled_ceiling": FLAMBY["pooled"]} if key.startswith("heart") else {}),
                 }
             )
         )
