@@ -11,7 +11,7 @@ import pytest
 
 from fedblend.jobs import load_job, parse_job
 from fedblend.net.wire import WorkItem, job_id_of
-from net_helpers import DATA_DIR, HEART, env, heart_job, make_fleet
+from net_helpers import DATA_DIR, HEART, env, heart_job, make_fleet, wait_until
 
 SITES = HEART[:3]
 LRS = [0.001, 0.01, 0.1]
@@ -253,3 +253,40 @@ def test_a_round_without_quorum_fails_its_trial_and_the_search_goes_on(tmp_path)
     assert ran == 3 and len(calls) == 3
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert trials[0].user_attrs["fail_reason"].startswith("QuorumError: round 1: 0 usable update(s)")
+
+
+def test_a_killed_server_continues_the_search_where_it_stopped(fleet, tmp_path, free_port):
+    import optuna
+
+    lrs = [0.001, 0.003, 0.01, 0.03]
+    job = _job(tmp_path, n_trials=4, space={"train.lr": {"type": "float", "low": 0.001, "high": 0.03, "log": True,
+                                                        "grid": lrs}})
+    storage = f"sqlite:///{tmp_path / 'state' / 'tune.db'}"
+
+    def complete() -> int:
+        try:
+            study = optuna.load_study(study_name="net-tune", storage=storage)
+        except Exception:  # the study is not created yet
+            return 0
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+    server = fleet.start_server(job, port=free_port)
+    procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in SITES]
+    wait_until(lambda: complete() >= 1, 120, "a first trial to finish", [server])
+    server.kill()  # SIGKILL: no clean shutdown, a trial may be cut short
+    done_before = complete()
+    assert 1 <= done_before < 4
+    server2 = fleet.start_server(job, port=free_port)
+    for p in procs:
+        assert p.wait(180) == 0, p.tail()
+        assert "the search is finished" in p.tail()
+    assert server2.wait(60) == 0, server2.tail()
+
+    study = optuna.load_study(study_name="net-tune", storage=storage)
+    finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) <= 1 and len(study.get_trials()) == 4 + len(failed)  # the cut trial, run again
+    # every grid point ran to completion exactly once; a trial cut short by the kill is failed, not counted
+    assert sorted(t.params["train.lr"] for t in finished) == lrs
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials())
+    assert load_job(tmp_path / "state" / "best_job.toml").train.lr == study.best_trial.params["train.lr"]
