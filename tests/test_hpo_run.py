@@ -162,6 +162,16 @@ def test_cli_tune_prints_trials_and_writes_the_best_job(tmp_path: Path, data_dir
     assert cli(["runs", "--root", str(tmp_path)]) == 0
     out, _ = capsys.readouterr()
     assert "cli" in out and "search 3/3" in out
+    # a damaged summary is a clear error, not a traceback; `runs` still lists the search
+    st = SqlRunStore(rd, create=False)
+    st.set_document("tune.json", "{not json")
+    st.close()
+    assert cli(["show", str(rd)]) == 2
+    _, err = capsys.readouterr()
+    assert "the search summary (tune.json in run.db) is" in err and "--resume" in err
+    assert cli(["runs", "--root", str(tmp_path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "search ?/3" in out
     try:
         code = main(["tune", str(src), "--run-dir", str(rd), "--data-dir", str(data_dir), "--set", "data.val_fraction=0.0", "-q"])
     except SystemExit as e:

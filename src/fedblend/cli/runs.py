@@ -30,7 +30,12 @@ def _show_tune(run: Path, st, meta: dict) -> None:  # type: ignore[no-untyped-de
         console.print(f"search {meta.get('study_name', '')!r} ({meta.get('searcher', '?')}, {meta.get('n_trials', '?')} trials): "
                       "no summary yet (it is written when the search ends; the dashboard shows it live)")
         return
-    show_outcome(outcome_from_summary(run, text))
+    try:
+        outcome = outcome_from_summary(run, text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{run}: the search summary (tune.json in run.db) is not readable ({type(exc).__name__}: {exc}); "
+                         f"rerun `fedblend tune` with --resume to write it again") from None
+    show_outcome(outcome)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +58,10 @@ def register(app: typer.Typer) -> None:
             last = rows[-1]["global_metrics"] if rows else {}
             if meta.get("kind") == "tune":  # a search: its trials instead of rounds
                 doc = st.document("tune.json")
-                done = len(json.loads(doc).get("trials", [])) if doc else "?"
+                try:
+                    done = len(json.loads(doc)["trials"]) if doc else "?"
+                except (ValueError, KeyError, TypeError):
+                    done = "?"
                 table.add_row(path.name, str(meta.get("status", "?")), f"search {done}/{meta.get('n_trials', '?')} trials",
                               str(meta.get("dataset", "")), str(meta.get("model", "")), str(meta.get("strategy", "")), "")
                 st.close()
