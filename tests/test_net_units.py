@@ -445,3 +445,33 @@ def test_cycles_run_on_a_schedule_from_the_last_global_model(tmp_path):
     assert store.metas["cycle"] == 3
     assert isinstance(feds[-1].weights, DiskWeights) and feds[-1].weights.equal(W)  # kept on disk between rounds
     pool.close()
+
+
+def test_a_round_that_keeps_failing_is_retried_with_growing_pauses(tmp_path, monkeypatch):
+    """All sites online but no usable update (e.g. every one rejected): no retry spin."""
+    from fedblend.errors import QuorumError
+    from fedblend.net.coordinator import Coordinator
+
+    monkeypatch.setattr(Coordinator, "RETRY_BASE_S", 0.02)
+    monkeypatch.setattr(Coordinator, "RETRY_MAX_S", 0.05)
+    pool = _pool(tmp_path)
+    store = _FakeStore()
+    calls: list[int] = []
+
+    class Flaky(_FakeFed):
+        def run(self, until=None):
+            calls.append(until)
+            if len(calls) in (2, 3, 4, 5):  # round 2 fails four times in a row, then goes through
+                raise QuorumError(f"round {until}: 0 usable update(s) by the deadline, quorum is 2")
+            return super().run(until)
+
+    c = Coordinator(pool, store, lambda total: Flaky(total, store), spec=pool.spec, rounds=3)
+    c.start()
+    assert c.finished.wait(20)
+    assert c.error is None and store.last == 3
+    assert calls == [1, 2, 2, 2, 2, 2, 3]
+    retries = [kw for k, kw in store.events if k == "round_retry"]
+    assert [r["attempt"] for r in retries] == [1, 2, 3, 4]
+    assert [r["delay_s"] for r in retries] == [0.02, 0.04, 0.05, 0.05]  # doubling, capped
+    assert all(r["round"] == 2 and "0 usable update(s)" in r["reason"] for r in retries)
+    pool.close()

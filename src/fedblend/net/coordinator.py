@@ -4,7 +4,9 @@ simulator over the DeploymentPool, cycle after cycle, with nobody in the loop.
 - waits until ``min_sites_to_start`` sites registered, then runs the job's rounds;
 - resumes from the run store: a restarted server continues after the last committed round (the
   Federation reloads weights and strategy state) and reaches the same final model;
-- a round without quorum is retried once enough sites are back (the failure is recorded);
+- a round without quorum is retried once enough sites are back (the failure is recorded), after a
+  pause that doubles with each failure in a row (so a round whose updates are all rejected does
+  not spin);
 - continuous federation: after a cycle, the next one (``rounds`` more rounds from the last global
   model) starts on a schedule (``cycle.every_s``) or when ``cycle.new_data_sites`` sites report a
   data version different from the one they had when the previous cycle started;
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 
 class Coordinator(Driver):
     name = "coordinator"
+    # a round that fails for want of quorum while enough sites are online (e.g. every update was
+    # rejected) is retried after a pause that doubles each time, up to RETRY_MAX_S; never in a spin
+    RETRY_BASE_S = 0.5
+    RETRY_MAX_S = 30.0
 
     def __init__(self, pool: DeploymentPool, store: Any, make_federation: Callable[[int], Federation], *,
                  spec: DeploySpec, rounds: int) -> None:
@@ -97,6 +103,7 @@ class Coordinator(Driver):
         self.pool.set_mode("running")
         self.status = "running"
         self._event("cycle_started", round=start, cycle=self.cycle, until=total)
+        failures = 0  # rounds failed in a row
         while fed.round < total and not self.stop_event.is_set():
             if self._paused.is_set():
                 self._pause(fed)
@@ -104,13 +111,19 @@ class Coordinator(Driver):
             try:
                 fed.run(until=fed.round + 1)
                 self._offload(fed)
+                failures = 0
             except QuorumError as exc:
                 if self.stop_event.is_set():
                     return
-                log.warning("%s; retrying when enough sites are online", exc)
-                self._event("round_retry", round=fed.round + 1, reason=str(exc))
+                failures += 1
+                delay = min(self.RETRY_MAX_S, self.RETRY_BASE_S * 2 ** (failures - 1))
+                log.warning("%s; retrying when enough sites are online, after %.1f s (failure %d in a row)",
+                            exc, delay, failures)
+                self._event("round_retry", round=fed.round + 1, reason=str(exc), attempt=failures, delay_s=delay)
                 need = max(1, min(self.spec.quorum or 1, len(self.spec.sites) or 1))
                 self.pool.wait_for(lambda n=need: len(self.pool.site_ids()) >= n, None, self.stop_event)
+                if self.stop_event.wait(delay):
+                    return
         if fed.round >= total:
             self._event("cycle_finished", round=fed.round, cycle=self.cycle)
 
