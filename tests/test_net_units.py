@@ -475,3 +475,20 @@ def test_a_round_that_keeps_failing_is_retried_with_growing_pauses(tmp_path, mon
     assert [r["delay_s"] for r in retries] == [0.02, 0.04, 0.05, 0.05]  # doubling, capped
     assert all(r["round"] == 2 and "0 usable update(s)" in r["reason"] for r in retries)
     pool.close()
+
+
+def test_a_heartbeat_after_being_told_done_does_not_bring_a_site_back(tmp_path):
+    """A site's heartbeat thread can send one last beat after its work loop was told the job is done."""
+    from fedblend.net.wire import Heartbeat
+
+    pool = _pool(tmp_path)
+    pool.set_mode("done", "the job is finished after round 3")
+    item = pool.next_work("a")
+    assert item is not None and item.kind == "done"
+    assert "a" not in pool.site_ids() and pool._sessions["a"].state == "offline"
+    reply = pool.heartbeat("a", Heartbeat(state="idle", progress=0.0))
+    assert reply.registered and "a" not in pool.site_ids() and pool._sessions["a"].state == "offline"
+    # a site not yet told keeps its normal heartbeat handling
+    pool.heartbeat("b", Heartbeat(state="idle", progress=0.0))
+    assert "b" in pool.site_ids()
+    pool.close()

@@ -264,6 +264,10 @@ class Fleet:
             sess = self._sessions.get(site)
             if sess is None or not sess.registered:
                 return HeartbeatReply(server_id=self.server_id, registered=False)
+            if self._mode == "done" and site in self._told_done:
+                # told the job is done and leaving: a heartbeat sent on its way out does not bring it back
+                sess.last_seen = now
+                return HeartbeatReply(server_id=self.server_id, registered=True)
             came_back = sess.state == "offline"
             if came_back or sess.state not in ("training", "evaluating") or not self._open_tasks(site):
                 sess.state = "idle" if came_back or sess.state != "online" else "online"
