@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -34,7 +33,7 @@ def _show_tune(run: Path, st, meta: dict) -> None:  # type: ignore[no-untyped-de
         outcome = outcome_from_summary(run, text)
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{run}: the search summary (tune.json in run.db) is not readable ({type(exc).__name__}: {exc}); "
-                         f"rerun `fedblend tune` with --resume to write it again") from None
+                         "rerun the search with --resume (`fedblend tune`) or start its server again to write it anew") from None
     show_outcome(outcome)
 
 
@@ -57,9 +56,11 @@ def register(app: typer.Typer) -> None:
             rows = st.rounds()
             last = rows[-1]["global_metrics"] if rows else {}
             if meta.get("kind") == "tune":  # a search: its trials instead of rounds
+                from fedblend.hpo.results import outcome_from_summary
+
                 doc = st.document("tune.json")
                 try:
-                    done = len(json.loads(doc)["trials"]) if doc else "?"
+                    done = len(outcome_from_summary(path, doc).trials) if doc else "?"
                 except (ValueError, KeyError, TypeError):
                     done = "?"
                 table.add_row(path.name, str(meta.get("status", "?")), f"search {done}/{meta.get('n_trials', '?')} trials",
