@@ -72,7 +72,7 @@ class DeploymentBackend:
     def __call__(self, job: JobSpec) -> tuple[Any, Any, Callable[[], None]]:
         from fedblend.runner import shape_prepared
 
-        need = max(1, min(self.deploy.quorum or 1, len(self.deploy.sites) or 1))
+        need = self.deploy.quorum_count()
         if not self.pool.wait_for(lambda: len(self.pool.site_ids()) >= need and self.pool.schema is not None,
                                   None, self.stop):
             raise TransportError("the server is stopping; the trial did not start")
@@ -88,7 +88,7 @@ class DeployedSearch(Driver):
     def __init__(self, job: JobSpec, spec: TuneSpec, pool: DeploymentPool, deploy: DeploySpec, *, state: Path,
                  url: str, storage: Any, study: Any, store: Any = None) -> None:
         super().__init__(pool, store, deploy)
-        self.job, self.tune, self.deploy = job, spec, deploy
+        self.job, self.tune = job, spec  # the deployment's DeploySpec is self.spec (Driver)
         self.state, self.url, self.storage, self.study = state, url, storage, study
         self._stop_after_trial = threading.Event()  # admin stop
         self.outcome: TuneOutcome | None = None
@@ -121,7 +121,7 @@ class DeployedSearch(Driver):
         self._event("search_started", trials=budget, study=self.study.study_name)
         run_worker(self.job, self.tune, storage=self.storage, study_name=self.study.study_name, index=0,
                    run_dir=self.state, lock_dir=self.state, lock_is_global=_lock_is_global(self.url),
-                   backend=DeploymentBackend(self.pool, self.deploy, self.stop_event), on_trial=self._trial_done,
+                   backend=DeploymentBackend(self.pool, self.spec, self.stop_event), on_trial=self._trial_done,
                    on_round=self._round_done,
                    stop=lambda: self.stop_event.is_set() or self._stop_after_trial.is_set())
         if self.stop_event.is_set():

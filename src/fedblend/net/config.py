@@ -88,6 +88,10 @@ class DeploySpec(_Strict):
             return self.min_sites_to_start
         return len(self.sites) if self.sites else 1
 
+    def quorum_count(self) -> int:
+        """How many sites must be online before a round is worth (re)trying."""
+        return max(1, min(self.quorum or 1, len(self.sites) or 1))
+
 
 def parse_deploy(raw: dict[str, Any] | None, source: str = "job file") -> DeploySpec:
     try:

@@ -120,7 +120,7 @@ class Coordinator(Driver):
                 log.warning("%s; retrying when enough sites are online, after %.1f s (failure %d in a row)",
                             exc, delay, failures)
                 self._event("round_retry", round=fed.round + 1, reason=str(exc), attempt=failures, delay_s=delay)
-                need = max(1, min(self.spec.quorum or 1, len(self.spec.sites) or 1))
+                need = self.spec.quorum_count()
                 self.pool.wait_for(lambda n=need: len(self.pool.site_ids()) >= n, None, self.stop_event)
                 if self.stop_event.wait(delay):
                     return
