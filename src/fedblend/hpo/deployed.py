@@ -25,7 +25,7 @@ from typing import Any
 from fedblend.errors import ConfigError, TransportError
 from fedblend.hpo.results import TuneOutcome, finalize
 from fedblend.hpo.spec import TuneSpec, tune_spec_for
-from fedblend.hpo.tune import JOB_FILE, _lock_is_global, _setup
+from fedblend.hpo.tune import JOB_FILE, lock_is_global, setup_search
 from fedblend.hpo.worker import effective_budget, run_worker
 from fedblend.jobs import JobSpec
 from fedblend.net.config import DeploySpec
@@ -60,7 +60,7 @@ def open_search(job: JobSpec, state: Path, *, fresh: bool, source: str) -> tuple
         if saved.read_text(encoding="utf-8") != job.to_toml():
             raise ConfigError(f"{state} holds the search of another job (its {JOB_FILE} differs from this one); pass "
                               "--fresh to start over there, or give another --state directory")
-    return _setup(job, state, fresh=True, overwrite=fresh, resume=not fresh, source=source, check_data=False)
+    return setup_search(job, state, fresh=True, overwrite=fresh, resume=not fresh, source=source, check_data=False)
 
 
 class DeploymentBackend:
@@ -120,7 +120,7 @@ class DeployedSearch(Driver):
         budget = effective_budget(self.tune)
         self._event("search_started", trials=budget, study=self.study.study_name)
         run_worker(self.job, self.tune, storage=self.storage, study_name=self.study.study_name, index=0,
-                   run_dir=self.state, lock_dir=self.state, lock_is_global=_lock_is_global(self.url),
+                   run_dir=self.state, lock_dir=self.state, lock_is_global=lock_is_global(self.url),
                    backend=DeploymentBackend(self.pool, self.spec, self.stop_event), on_trial=self._trial_done,
                    on_round=self._round_done,
                    stop=lambda: self.stop_event.is_set() or self._stop_after_trial.is_set())

@@ -33,7 +33,7 @@ from fedblend.hpo.storage import TUNE_DB, claim_lock, open_storage, storage_url
 from fedblend.hpo.worker import run_worker
 from fedblend.jobs import JobSpec, load_job
 
-__all__ = ["run_tune", "join", "tune_run_dir", "open_study", "TuneOutcome"]
+__all__ = ["run_tune", "join", "tune_run_dir", "open_study", "setup_search", "lock_is_global", "TuneOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,12 @@ def preflight(job: JobSpec, data_dir: str | Path | None) -> None:
         log.warning("sites %s have no validation examples; they do not count in the trials' scores", empty)
 
 
-def _setup(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume: bool, source: str,
-           data_dir: str | Path | None = None, check_data: bool = True) -> tuple[TuneSpec, str, Any, Any]:
+def setup_search(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume: bool, source: str,
+                 data_dir: str | Path | None = None, check_data: bool = True) -> tuple[TuneSpec, str, Any, Any]:
+    """Open (``fresh``: start, refusing a run directory that holds a search unless ``resume`` or
+    ``overwrite``) a search in ``run_dir``: its ``[tune]`` spec, storage URL, Optuna storage and
+    study. Writes the job file and the run's meta under the directory's lock; used by ``run_tune``,
+    ``join`` and the deployed search."""
     spec = tune_spec_for(job, source)
     if check_data:  # a deployment server holds no data: its sites check theirs
         preflight(job, data_dir)
@@ -123,8 +127,9 @@ def _setup(job: JobSpec, run_dir: Path, *, fresh: bool, overwrite: bool, resume:
     return spec, url, storage, study
 
 
-def _lock_is_global(url: str) -> bool:
-    # SQLite lives in the run directory, so every worker of the study shares its lock file
+def lock_is_global(url: str) -> bool:
+    """Whether the run directory's lock file serializes every worker of a study with this storage:
+    true for in-memory and SQLite storage (both live in the run directory), not for a server DB."""
     return url == "memory" or url.startswith("sqlite")
 
 
@@ -142,8 +147,8 @@ def run_tune(
 ) -> TuneOutcome:
     """Search ``job``'s ``[tune]`` space; returns the best configuration, importances and trials."""
     rd = tune_run_dir(job, run_dir)
-    spec, url, storage, study = _setup(job, rd, fresh=True, overwrite=overwrite, resume=resume, source=source,
-                                       data_dir=data_dir)
+    spec, url, storage, study = setup_search(job, rd, fresh=True, overwrite=overwrite, resume=resume, source=source,
+                                            data_dir=data_dir)
     n = workers if workers is not None else spec.workers
     if n < 1:
         raise ConfigError(f"--workers must be >= 1 (got {n})")
@@ -158,7 +163,7 @@ def run_tune(
     try:
         if n == 1:
             run_worker(job, spec, storage=storage, study_name=study.study_name, index=0, run_dir=rd,
-                       lock_dir=rd, lock_is_global=_lock_is_global(url), data_dir=data_dir, on_trial=progress)
+                       lock_dir=rd, lock_is_global=lock_is_global(url), data_dir=data_dir, on_trial=progress)
         else:
             _run_processes(rd, n, data_dir, progress, poll_s)
     except BaseException:
@@ -229,8 +234,8 @@ def join(
     job = job_path if isinstance(job_path, JobSpec) else load_job(job_path)
     source = source or ("<job>" if isinstance(job_path, JobSpec) else str(job_path))
     rd = tune_run_dir(job, run_dir)
-    spec, url, storage, study = _setup(job, rd, fresh=False, overwrite=False, resume=True, source=source,
-                                       data_dir=data_dir)
+    spec, url, storage, study = setup_search(job, rd, fresh=False, overwrite=False, resume=True, source=source,
+                                            data_dir=data_dir)
     if index is None:
         # a worker joining from elsewhere: a distinct, recorded index from the host and process id
         import zlib
@@ -243,7 +248,7 @@ def join(
             on_progress(progress_snapshot(study, spec))
 
     run_worker(job, spec, storage=storage, study_name=study.study_name, index=index, run_dir=rd,
-               lock_dir=rd, lock_is_global=_lock_is_global(url), data_dir=data_dir, on_trial=progress)
+               lock_dir=rd, lock_is_global=lock_is_global(url), data_dir=data_dir, on_trial=progress)
     if write_results:
         return finalize(rd, job, spec, study, url)
     return None
