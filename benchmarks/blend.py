@@ -13,6 +13,10 @@ B. FedAvg with a validation split held out at every site; at the last round each
    passes the acceptance test.
 C. The every-round recipe (``examples/heart_blend.toml``): blend every round, power space with a
    global step factor gamma in [0.5, 4], 16 candidates.
+D. With ``--oracle``, on B's final updates: upper bounds that use the TEST labels (rows marked
+   †, not methods): every mix on a grid of the simplex (or Dirichlet draws for more than 5 sites)
+   is scored on the test splits and the best by mean-of-sites accuracy and by log-loss are kept.
+   No end-of-training blend without gamma can beat them.
 
 Every method is scored on the test splits: pooled log-loss, pooled accuracy, mean-of-sites and
 worst-site accuracy. Differences to A are paired by seed: mean, standard error and a 95%
@@ -119,6 +123,9 @@ class EndProbe:
                 w = blend_weights({u.site_id: u.weights for u in updates}, cand, reference=merged)
                 self.results[name] = test_metrics(pool, w)
                 continue
+            if spec == "oracle":
+                self.results.update(oracle(pool, merged, updates, self.seed))
+                continue
             out = BlendSynthesizer(spec, self.seed).search(pool, current, merged, updates, round)
             rec = out.record
             self.results[name] = {
@@ -132,6 +139,39 @@ class EndProbe:
         return merged, None
 
 
+def oracle_ratios(k: int, seed: int, steps: int = 20, samples: int = 600) -> np.ndarray:
+    """Ratio vectors for the oracle: the simplex on a grid of ``1/steps`` when there are at most 5
+    sites (1,771 points for 4), else ``samples`` uniform-Dirichlet draws plus the vertices."""
+    if k <= 5:
+        grid = np.stack(np.meshgrid(*[np.arange(steps + 1)] * (k - 1), indexing="ij"), -1).reshape(-1, k - 1)
+        grid = grid[grid.sum(1) <= steps]
+        return np.concatenate([grid, steps - grid.sum(1, keepdims=True)], 1) / steps
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0AC1E]))
+    return np.concatenate([np.eye(k), rng.dirichlet(np.ones(k), size=samples)])
+
+
+def oracle(pool: Any, merged: Any, updates: Any, seed: int) -> dict[str, dict[str, float]]:
+    """Upper bounds for any mix of the final updates (gamma = 1), chosen by looking at the TEST
+    labels, which no method may do: the ratios with the best mean-of-sites test accuracy, and those
+    with the lowest pooled test log-loss. FedAvg's own ratios are among the candidates."""
+    from fedblend.blend import Candidate, blend_weights
+
+    ids = [u.site_id for u in updates]
+    models = {u.site_id: u.weights for u in updates}
+    n = np.array([u.num_examples for u in updates], dtype=np.float64)
+    best_acc: dict[str, float] | None = None
+    best_loss: dict[str, float] | None = None
+    for r in np.concatenate([(n / n.sum())[None], oracle_ratios(len(ids), seed)]):
+        cand = Candidate({"all": {i: float(x) for i, x in zip(ids, r, strict=True)}})
+        m = test_metrics(pool, blend_weights(models, cand, reference=merged))
+        if best_acc is None or m["test_acc_mean_sites"] > best_acc["test_acc_mean_sites"]:
+            best_acc = m
+        if best_loss is None or m["test_loss"] < best_loss["test_loss"]:
+            best_loss = m
+    assert best_acc is not None and best_loss is not None
+    return {"oracle: best mean-site acc †": best_acc, "oracle: best log-loss †": best_loss}
+
+
 def run_cell(
     dataset: str,
     alpha: float | None,
@@ -139,6 +179,7 @@ def run_cell(
     data_dir: str | None,
     extra: dict[str, Any] | None = None,
     strategy: str = "fedavg",
+    with_oracle: bool = False,
 ) -> dict[str, dict[str, float]]:
     import optuna
     import torch
@@ -168,6 +209,8 @@ def run_cell(
     variants: dict[str, Any] = {"n^tau (tpe)": {"space": "power"}}
     variants.update({f"tilt {s}" + (" (default)" if s == "tpe" else ""): {"searcher": s} for s in SEARCHERS})
     variants.update(extra or {})
+    if with_oracle:
+        variants["oracle"] = "oracle"
     probe_b = EndProbe(variants, seed)
     train(job_for(dataset, seed, alpha, vf, None, data_dir, strategy), probe_b)
     out["fedavg (train only)"] = probe_b.results.pop("fedavg")
@@ -265,6 +308,11 @@ def show(key: str, cells: list[dict[str, dict[str, float]]], console: Any) -> di
             f"every-round recipe {summary['every-round recipe']['test_acc_mean_sites']:.4f}; FLamby FedAvg {FLAMBY['fedavg']}, "
             f"best single hospital {FLAMBY['best_single_hospital']}, pooled-data ceiling {FLAMBY['pooled']}"
         )
+        if "oracle: best mean-site acc †" in summary:
+            console.print(
+                "upper bound of any end-of-training mix (ratios chosen on the test labels): mean-of-hospitals "
+                f"{summary['oracle: best mean-site acc †']['test_acc_mean_sites']:.4f}"
+            )
     return summary
 
 
@@ -325,6 +373,13 @@ def main() -> None:
         help="heart only: train with FLamby's tuned server optimizer instead of FedAvg; the 'fedavg' rows are then "
         "that strategy's own aggregate (the blend's trial 0)",
     )
+    ap.add_argument(
+        "--oracle",
+        action="store_true",
+        help="add two rows (marked †) that no method can reach: the mix of the final updates with the best "
+        "test mean-of-sites accuracy and the one with the lowest test log-loss, found by scoring a grid of "
+        "ratios ON THE TEST SPLITS; an upper bound for every end-of-training blend without gamma",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     if args.strategy != "fedavg" and args.dataset != "heart":
@@ -351,7 +406,7 @@ def main() -> None:
                 key = dataset if alpha is None else f"{dataset}-alpha{alpha:g}"
                 key += "" if args.strategy == "fedavg" else f"-{args.strategy}"
                 futures = {
-                    ex.submit(run_cell, dataset, alpha, seed, args.data_dir, extra, args.strategy): seed
+                    ex.submit(run_cell, dataset, alpha, seed, args.data_dir, extra, args.strategy, args.oracle): seed
                     for seed in seeds
                 }
                 by_seed = {}
