@@ -87,10 +87,11 @@ def test_blend_heart_json_line_and_the_oracle_bound(tmp_path: Path, data_dir: Pa
     lo, hi = out["blend_vs_fedavg_logloss_ci"]
     assert lo <= hi
     (cell,) = json.loads(results.read_text())["settings"]["heart"]["per_seed"]
-    # FedAvg's own ratios are among the oracle's candidates, scored on the same test splits
+    # FedAvg's own ratios are among the oracle's candidates, scored on the same test splits (the
+    # strategy's aggregate and the oracle's rebuild of it may differ by float rounding)
     base = cell["fedavg (train only)"]
-    assert cell["oracle: best mean-site acc †"]["test_acc_mean_sites"] >= base["test_acc_mean_sites"]
-    assert cell["oracle: best log-loss †"]["test_loss"] <= base["test_loss"] + 1e-12
+    assert cell["oracle: best mean-site acc †"]["test_acc_mean_sites"] >= base["test_acc_mean_sites"] - 1e-9
+    assert cell["oracle: best log-loss †"]["test_loss"] <= base["test_loss"] + 1e-6
 
 
 def test_flamby_heart_strategies(tmp_path: Path, data_dir: Path) -> None:
