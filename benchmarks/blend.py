@@ -16,7 +16,8 @@ C. The every-round recipe (``examples/heart_blend.toml``): blend every round, po
 D. With ``--oracle``, on B's final updates: upper bounds that use the TEST labels (rows marked
    †, not methods): every mix on a grid of the simplex (or Dirichlet draws for more than 5 sites)
    is scored on the test splits and the best by mean-of-sites accuracy and by log-loss are kept.
-   No end-of-training blend without gamma can beat them.
+   Up to the grid's resolution, no end-of-training blend with one set of ratios and no gamma can
+   beat them (with more than 5 sites the draws only estimate that bound).
 
 Every method is scored on the test splits: pooled log-loss, pooled accuracy, mean-of-sites and
 worst-site accuracy. Differences to A are paired by seed: mean, standard error and a 95%
@@ -378,7 +379,8 @@ def main() -> None:
         action="store_true",
         help="add two rows (marked †) that no method can reach: the mix of the final updates with the best "
         "test mean-of-sites accuracy and the one with the lowest test log-loss, found by scoring a grid of "
-        "ratios ON THE TEST SPLITS; an upper bound for every end-of-training blend without gamma",
+        "ratios ON THE TEST SPLITS; an upper bound (to the grid's resolution) for end-of-training blends "
+        "with one set of ratios and no gamma",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
