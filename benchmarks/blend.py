@@ -317,13 +317,30 @@ def show(key: str, cells: list[dict[str, dict[str, float]]], console: Any) -> di
     return summary
 
 
+def compare(key: str, cells: list[dict[str, dict[str, float]]], a: str, b: str, console: Any) -> None:
+    """Paired differences between rows ``a`` and ``b`` over the seeds of one setting."""
+    missing = [m for m in (a, b) if not all(m in c for c in cells)]
+    if missing:
+        console.print(f"{key}: --compare: no row {missing[0]!r} in every seed (rows: {', '.join(cells[0])})")
+        return
+    parts = []
+    for m in METRICS:
+        mean, se, lo, hi = paired(np.array([c[a][m] - c[b][m] for c in cells]))
+        parts.append(f"{m} {mean:+.4f} ± {se:.4f} [{lo:+.4f}, {hi:+.4f}]")
+    times = [
+        f"{np.mean([c[r]['search_s'] for c in cells]):.2f} s" if "search_s" in cells[0][r] else "-" for r in (a, b)
+    ]
+    console.print(f"{key}, {a!r} - {b!r} over {len(cells)} seeds: " + "; ".join(parts))
+    console.print(f"{key}, mean search time per synthesis: {a!r} {times[0]}, {b!r} {times[1]}")
+
+
 def merged_results(paths: list[str]) -> dict[str, dict[int, Any]]:
     """Per-seed cells from earlier ``--out`` files, by setting and seed (a later file wins a seed)."""
     out: dict[str, dict[int, Any]] = {}
     for p in paths:
         rep = json.loads(Path(p).read_text())
         for key, val in rep["settings"].items():
-            seeds = val.get("seeds", rep["seeds"])
+            seeds = val["seeds"] if "seeds" in val else rep["seeds"]  # merged files keep seeds per setting
             out.setdefault(key, {}).update(dict(zip(seeds, val["per_seed"], strict=True)))
     return out
 
@@ -382,6 +399,13 @@ def main() -> None:
         "ratios ON THE TEST SPLITS; an upper bound (to the grid's resolution) for end-of-training blends "
         "with one set of ratios and no gamma",
     )
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="also print the paired differences A - B between two rows (e.g. 'tilt gp' 'tilt tpe (default)'), "
+        "with bootstrap intervals, and their mean search times; works with --merge",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     if args.strategy != "fedavg" and args.dataset != "heart":
@@ -423,6 +447,9 @@ def main() -> None:
                 cells = [by_seed[seed] for seed in seeds]
                 report["settings"][key] = {"seeds": seeds, "summary": show(key, cells, console), "per_seed": cells}
         console.print(f"{time.perf_counter() - t0:.0f} s in all")
+    if args.compare:
+        for key, val in report["settings"].items():
+            compare(key, val["per_seed"], *args.compare, console)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.json:

@@ -93,6 +93,23 @@ def test_blend_heart_json_line_and_the_oracle_bound(tmp_path: Path, data_dir: Pa
     assert cell["oracle: best mean-site acc †"]["test_acc_mean_sites"] >= base["test_acc_mean_sites"] - 1e-9
     assert cell["oracle: best log-loss †"]["test_loss"] <= base["test_loss"] + 1e-6
 
+    # summarizing the file again, with a paired comparison of two rows, trains nothing
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run(
+        [sys.executable, "benchmarks/blend.py", "--merge", str(results), "--out", str(tmp_path / "merged.json")]
+        + ["--compare", "tilt gp", "fedavg (train only)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    diff = cell["tilt gp"]["test_loss"] - cell["fedavg (train only)"]["test_loss"]
+    assert f"test_loss {diff:+.4f}" in " ".join(res.stdout.split())
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["settings"]["heart"]["per_seed"] == [cell]
+
 
 def test_flamby_heart_strategies(tmp_path: Path, data_dir: Path) -> None:
     out = bench(
