@@ -35,18 +35,18 @@ def bench(script: str, *args: str, data_dir: Path, timeout: float = 300) -> dict
 def test_vs_flower_reports_the_issue_keys_for_fedblend(tmp_path: Path, data_dir: Path) -> None:
     out = bench(
         "vs_flower.py",
-        *("--rounds", "2", "--clients", "20", "--per-client", "50", "--clients-per-round", "5"),
+        *("--rounds", "3", "--clients", "20", "--per-client", "100", "--clients-per-round", "10"),
         *("--skip-flower", "--data-dir", str(data_dir), "--workdir", str(tmp_path)),
         data_dir=data_dir,
     )
-    assert out["rounds"] == 2
+    assert out["rounds"] == 3
     assert out["fedblend_s_per_round"] > 0
     assert out["fedblend_peak_mb"] > 50  # a Python process with torch and the data
-    assert 0.1 < out["fedblend_acc"] <= 1.0  # two rounds of the 2NN: far better than chance
+    assert 0.3 < out["fedblend_acc"] <= 1.0  # 3 rounds of the 2NN on 1,000 images: 0.55 here; chance is 0.1
     assert (tmp_path / "fedblend_final.safetensors").is_file()
 
 
-def test_scaling_reports_flat_memory_rows(tmp_path: Path, data_dir: Path) -> None:
+def test_scaling_reports_time_and_memory_per_configuration(tmp_path: Path, data_dir: Path) -> None:
     out = bench(
         "scaling.py",
         *("--sweep", "total", "--rounds", "2", "--threads", "1", "--data-dir", str(data_dir)),
