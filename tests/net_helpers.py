@@ -183,3 +183,12 @@ def rounds_committed(fleet: Fleet, state: Path | None = None) -> int:
         return st.last_round()
     finally:
         st.close()
+
+
+def wait_all_done(server: Proc, sites: list[Proc], *, timeout: float, expect: str | None = None) -> None:
+    """Every site agent exits 0 within ``timeout`` (its log saying ``expect``), then the server does."""
+    for p in sites:
+        assert p.wait(timeout) == 0, p.tail()
+        if expect is not None:
+            assert expect in p.tail(), p.tail()
+    assert server.wait(60) == 0, server.tail()

@@ -11,7 +11,7 @@ import pytest
 
 from fedblend.jobs import load_job
 from fedblend.runner import run_job
-from net_helpers import DATA_DIR, HEART, heart_job, make_fleet, rounds_committed, wait_until
+from net_helpers import DATA_DIR, HEART, heart_job, make_fleet, rounds_committed, wait_all_done, wait_until
 
 
 @pytest.fixture
@@ -29,10 +29,7 @@ def test_three_sites_run_to_the_end_and_equal_the_simulation(fleet, tmp_path):
                     blend={"budget": 6, "batch_size": 2})
     server = fleet.start_server(job)
     procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in sites]
-    for p in procs:
-        assert p.wait(180) == 0, p.tail()
-        assert "the job is finished after round 3" in p.tail()
-    assert server.wait(60) == 0, server.tail()
+    wait_all_done(server, procs, timeout=180, expect="the job is finished after round 3")
 
     st = fleet.store()
     rounds = st.rounds()
@@ -109,9 +106,7 @@ def test_killed_server_resumes_and_reaches_the_uninterrupted_model(fleet, tmp_pa
     killed_at = rounds_committed(fleet)
     assert 2 <= killed_at < 6
     server2 = fleet.start_server(job, port=free_port)
-    for p in procs:
-        assert p.wait(180) == 0, p.tail()
-    assert server2.wait(60) == 0, server2.tail()
+    wait_all_done(server2, procs, timeout=180)
 
     st = fleet.store()
     assert [r["round"] for r in st.rounds()] == [1, 2, 3, 4, 5, 6]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fedblend.data import site_names
 from fedblend.jobs import load_job
 from fedblend.runner import run_job
-from net_helpers import DATA_DIR, heart_job, make_fleet
+from net_helpers import DATA_DIR, heart_job, make_fleet, wait_all_done
 
 
 def test_sixteen_sites_twenty_rounds(tmp_path):
@@ -18,9 +18,7 @@ def test_sixteen_sites_twenty_rounds(tmp_path):
     try:
         server = fleet.start_server(job, timeout=120)
         procs = [fleet.start_site(s) for s in sites]
-        for p in procs:
-            assert p.wait(600) == 0, p.tail()
-        assert server.wait(60) == 0, server.tail()
+        wait_all_done(server, procs, timeout=600)
     finally:
         fleet.close()
     st = fleet.store()

@@ -11,7 +11,7 @@ import pytest
 
 from fedblend.jobs import load_job, parse_job
 from fedblend.net.wire import WorkItem, job_id_of
-from net_helpers import DATA_DIR, HEART, env, heart_job, make_fleet, wait_until
+from net_helpers import DATA_DIR, HEART, env, heart_job, make_fleet, wait_all_done, wait_until
 
 SITES = HEART[:3]
 LRS = [0.001, 0.01, 0.1]
@@ -41,10 +41,7 @@ def test_a_search_runs_its_trials_on_the_sites(fleet, tmp_path):
     job = _job(tmp_path)
     server = fleet.start_server(job)
     procs = [fleet.start_site(s, extra=["--threads", "1"]) for s in SITES]
-    for p in procs:
-        assert p.wait(120) == 0, p.tail()
-        assert "the search is finished after 3 trial(s)" in p.tail()
-    assert server.wait(60) == 0, server.tail()
+    wait_all_done(server, procs, timeout=120, expect="the search is finished after 3 trial(s)")
 
     state = tmp_path / "state"
     study = optuna.load_study(study_name="net-tune", storage=f"sqlite:///{state / 'tune.db'}")
@@ -277,10 +274,7 @@ def test_a_killed_server_continues_the_search_where_it_stopped(fleet, tmp_path, 
     done_before = complete()
     assert 1 <= done_before < 4
     server2 = fleet.start_server(job, port=free_port)
-    for p in procs:
-        assert p.wait(180) == 0, p.tail()
-        assert "the search is finished" in p.tail()
-    assert server2.wait(60) == 0, server2.tail()
+    wait_all_done(server2, procs, timeout=180, expect="the search is finished")
 
     study = optuna.load_study(study_name="net-tune", storage=storage)
     finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
